@@ -1,0 +1,141 @@
+"""Model zoo: ResNet-18/34/50, MobileNetV2, VGG-19(-BN) and a tiny CNN.
+
+Every model is a Flax linen module called as
+``model.apply(variables, x, train=False, return_embedding=False)`` on
+``(B, H, W, C)`` float images; it returns float32 logits ``(B, K)`` or
+``(logits, embedding)``. Build one with ``create(name, num_classes, **options)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from ols_jax.models import common
+from ols_jax.models.mobilenet_v2 import mobilenet_v2
+from ols_jax.models.mobilenet_v2 import MobileNetV2
+from ols_jax.models.resnet import BasicBlock
+from ols_jax.models.resnet import Bottleneck
+from ols_jax.models.resnet import resnet18
+from ols_jax.models.resnet import resnet34
+from ols_jax.models.resnet import resnet50
+from ols_jax.models.resnet import ResNet
+from ols_jax.models.tiny import tiny_cnn
+from ols_jax.models.tiny import TinyCNN
+from ols_jax.models.vgg import VGG
+from ols_jax.models.vgg import vgg19
+from ols_jax.models.vgg import vgg19_bn
+
+_BUILDERS: Dict[str, Callable[..., nn.Module]] = {
+    'resnet18': resnet18,
+    'resnet34': resnet34,
+    'resnet50': resnet50,
+    'mobilenet_v2': mobilenet_v2,
+    'vgg19': vgg19,
+    'vgg19_bn': vgg19_bn,
+    'tiny_cnn': tiny_cnn,
+}
+
+MODEL_NAMES = tuple(_BUILDERS)
+
+
+def _normalise(name: Any) -> str:
+  """Lower case without ``-``, ``_`` and spaces ('ResNet-18' -> 'resnet18')."""
+  return ''.join(ch for ch in str(name).lower() if ch not in '-_ ')
+
+
+_ALIASES = {_normalise(name): name for name in MODEL_NAMES}
+
+# Options every model accepts (a model where one has no meaning ignores it).
+OPTION_NAMES = ('small_input', 'width_multiplier', 'dropout_rate', 'dtype',
+                'bn_axis_name', 'zero_init_residual', 'bn_momentum',
+                'bn_epsilon')
+
+# Canonical trainable parameter counts (224 px, 3 channels, 1000 classes),
+# equal to torchvision's.
+CANONICAL_PARAM_COUNTS = {
+    'resnet18': 11_689_512,
+    'resnet34': 21_797_672,
+    'resnet50': 25_557_032,
+    'mobilenet_v2': 3_504_872,
+    'vgg19': 143_667_240,
+    'vgg19_bn': 143_678_248,
+}
+
+
+class UnknownOptionError(TypeError, ValueError):
+  """An option ``create`` does not know (both a TypeError and a ValueError)."""
+
+
+def _check_options(name: str, options: Dict[str, Any]) -> None:
+  """Validates option names and the obvious value ranges."""
+  unknown = sorted(set(options) - set(OPTION_NAMES))
+  if unknown:
+    raise UnknownOptionError(
+        f'unknown option(s) {unknown} for model {name!r}; valid options: '
+        f'{", ".join(OPTION_NAMES)}')
+  if 'dropout_rate' in options:
+    rate = options['dropout_rate']
+    if not 0.0 <= float(rate) < 1.0:
+      raise ValueError(f'dropout_rate must be in [0, 1), got {rate}')
+  if 'width_multiplier' in options and not float(
+      options['width_multiplier']) > 0.0:
+    raise ValueError(
+        f'width_multiplier must be > 0, got {options["width_multiplier"]}')
+  if 'bn_momentum' in options and not 0.0 <= float(
+      options['bn_momentum']) < 1.0:
+    raise ValueError(f'bn_momentum must be in [0, 1), got '
+                     f'{options["bn_momentum"]}')
+
+
+def create(name: str, num_classes: int, **options) -> nn.Module:
+  """Builds a model of the zoo.
+
+  Args:
+    name: one of ``MODEL_NAMES`` (case, ``-`` and ``_`` are ignored).
+    num_classes: number of output logits.
+    **options: any of ``OPTION_NAMES``: ``small_input``, ``width_multiplier``,
+      ``dropout_rate``, ``dtype``, ``bn_axis_name``, ``zero_init_residual``,
+      ``bn_momentum``, ``bn_epsilon``.
+
+  Returns:
+    An unbound Flax module.
+
+  Raises:
+    ValueError: unknown ``name`` (the message lists valid names) or a bad
+      value.
+    UnknownOptionError: an unknown option (a ``TypeError`` and ``ValueError``).
+  """
+  key = _ALIASES.get(_normalise(name))
+  if key is None:
+    raise ValueError(
+        f'unknown model {name!r}; valid names: {", ".join(MODEL_NAMES)}')
+  if isinstance(num_classes, bool) or int(num_classes) != num_classes or (
+      num_classes < 1):
+    raise ValueError(f'num_classes must be a positive int, got {num_classes}')
+  _check_options(key, options)
+  return _BUILDERS[key](num_classes=int(num_classes), **options)
+
+
+def count_params(params: Any) -> int:
+  """Total number of elements in a pytree of arrays or ``ShapeDtypeStruct``s.
+
+  Args:
+    params: e.g. ``variables['params']`` (from ``init`` or ``jax.eval_shape``).
+
+  Returns:
+    The number of scalars as a Python int.
+  """
+  return int(sum(int(np.prod(leaf.shape))
+                 for leaf in jax.tree_util.tree_leaves(params)))
+
+
+__all__ = [
+    'BasicBlock', 'Bottleneck', 'CANONICAL_PARAM_COUNTS', 'MODEL_NAMES',
+    'MobileNetV2', 'OPTION_NAMES', 'ResNet', 'TinyCNN', 'UnknownOptionError',
+    'VGG', 'common', 'count_params', 'create', 'mobilenet_v2', 'resnet18',
+    'resnet34', 'resnet50', 'tiny_cnn', 'vgg19', 'vgg19_bn',
+]

@@ -1,0 +1,245 @@
+"""Online Label Smoothing (OLS) as pure, jit-able JAX functions.
+
+Conventions: ``K`` classes; ``S`` is a ``(K, K)`` matrix whose **row c** is the
+soft target for samples whose true class is ``c``.
+
+During an epoch, every *correctly classified*, valid training sample adds its
+softmax vector to ``prob_sums[label]`` and 1 to ``counts[label]``. At the epoch
+boundary each row of ``S`` becomes the mean of those vectors; a class without a
+correct sample gets the uniform row ``1/K``. The training loss mixes the hard
+label with the row of ``S`` that was frozen at the start of the epoch.
+
+References:
+  Zhang, Chang-Bin et al., "Delving Deep into Label Smoothing",
+  IEEE Transactions on Image Processing 30 (2021), 5984-5996.
+  arXiv 2510.20011 (OLS on RadImageNet).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+INITS = ("uniform", "zeros", "label_smoothing")
+
+
+@flax.struct.dataclass
+class OLSState:
+  """Soft-label matrix and the running sums of the current epoch.
+
+  Attributes:
+    soft_labels: ``(K, K)`` float32; row ``c`` is the soft target of class ``c``
+      used throughout the current epoch.
+    prob_sums: ``(K, K)`` float32; sum of softmax vectors of correctly
+      classified training samples of each true class, this epoch.
+    counts: ``(K,)`` float32; number of such samples per true class.
+  """
+
+  soft_labels: jax.Array
+  prob_sums: jax.Array
+  counts: jax.Array
+
+  @property
+  def num_classes(self) -> int:
+    return self.soft_labels.shape[-1]
+
+
+def initial_soft_labels(num_classes: int, init: str = "uniform",
+                        eps: float = 0.1) -> jax.Array:
+  """The soft-label matrix used in the first epoch.
+
+  Args:
+    num_classes: number of classes ``K`` (>= 2).
+    init: ``"uniform"`` (every entry ``1/K``; the seed paper's choice),
+      ``"zeros"`` (the official CIFAR/ImageNet code: no soft term in the first
+      epoch) or ``"label_smoothing"`` (``1 - eps`` on the diagonal and
+      ``eps / (K - 1)`` elsewhere).
+    eps: smoothing mass for ``"label_smoothing"``, in ``[0, 1]``.
+
+  Returns:
+    A ``(K, K)`` float32 matrix.
+  """
+  if not isinstance(num_classes, int) or num_classes < 2:
+    raise ValueError(f"num_classes: expected an integer >= 2, got {num_classes!r}")
+  if init == "uniform":
+    return jnp.full((num_classes, num_classes), 1.0 / num_classes, jnp.float32)
+  if init == "zeros":
+    return jnp.zeros((num_classes, num_classes), jnp.float32)
+  if init == "label_smoothing":
+    if not 0.0 <= eps <= 1.0:
+      raise ValueError(f"eps: expected a value in [0, 1], got {eps!r}")
+    off = eps / (num_classes - 1)
+    eye = jnp.eye(num_classes, dtype=jnp.float32)
+    return eye * (1.0 - eps) + (1.0 - eye) * off
+  raise ValueError(f"init: expected one of {', '.join(INITS)}, got {init!r}")
+
+
+def init(num_classes: int, init: str = "uniform", eps: float = 0.1) -> OLSState:  # pylint: disable=redefined-outer-name
+  """Creates the OLS state for the first epoch.
+
+  Args:
+    num_classes: number of classes ``K``.
+    init: initial soft labels, see :func:`initial_soft_labels`.
+    eps: smoothing mass for ``init="label_smoothing"``.
+
+  Returns:
+    An :class:`OLSState` with the initial ``S`` and zeroed accumulators.
+
+  References:
+    Zhang et al., "Delving Deep into Label Smoothing", IEEE TIP 2021, Sec. III.
+  """
+  soft = initial_soft_labels(num_classes, init, eps)
+  return OLSState(
+      soft_labels=soft,
+      prob_sums=jnp.zeros((num_classes, num_classes), jnp.float32),
+      counts=jnp.zeros((num_classes,), jnp.float32),
+  )
+
+
+def _valid_mask(labels: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+  if mask is None:
+    return jnp.ones(labels.shape, jnp.float32)
+  return mask.astype(jnp.float32)
+
+
+def batch_statistics(logits: jax.Array, labels: jax.Array, num_classes: int,
+                     mask: Optional[jax.Array] = None
+                     ) -> tuple[jax.Array, jax.Array]:
+  """Per-class sums of correct softmax vectors and counts for one batch.
+
+  Args:
+    logits: ``(B, K)`` logits of the training forward pass (any float dtype).
+    labels: ``(B,)`` integer true classes.
+    num_classes: ``K``.
+    mask: optional ``(B,)`` validity mask (1 = real sample, 0 = padding).
+
+  Returns:
+    ``(prob_sums, counts)``: ``(K, K)`` and ``(K,)`` float32 sums over the
+    valid samples whose argmax equals their label (ties: first index wins).
+  """
+  probs = jax.nn.softmax(jax.lax.stop_gradient(logits).astype(jnp.float32), axis=-1)
+  correct = (jnp.argmax(probs, axis=-1) == labels).astype(jnp.float32)
+  weight = correct * _valid_mask(labels, mask)
+  # segment_sum adds every sample, duplicates included (no scatter-set).
+  # Samples that do not count are routed to segment ``K`` and dropped.
+  segments = jnp.where(weight > 0, labels, num_classes)
+  prob_sums = jax.ops.segment_sum(probs * weight[:, None], segments,
+                                  num_segments=num_classes + 1)[:num_classes]
+  counts = jax.ops.segment_sum(weight, segments,
+                               num_segments=num_classes + 1)[:num_classes]
+  return prob_sums, counts
+
+
+def accumulate(state: OLSState, logits: jax.Array, labels: jax.Array,
+               mask: Optional[jax.Array] = None) -> OLSState:
+  """Adds a training batch's correct predictions to the epoch sums.
+
+  Args:
+    state: the current :class:`OLSState`.
+    logits: ``(B, K)`` logits of the same training-mode forward pass whose loss
+      is optimised; any float dtype (the softmax is taken in float32).
+    labels: ``(B,)`` integer true classes.
+    mask: optional ``(B,)`` validity mask; padded samples never count.
+
+  Returns:
+    A new :class:`OLSState` with ``prob_sums`` and ``counts`` updated and
+    ``soft_labels`` unchanged.
+
+  References:
+    Zhang et al., "Delving Deep into Label Smoothing", IEEE TIP 2021, Eq. (4).
+  """
+  chex.assert_rank(logits, 2)
+  chex.assert_rank(labels, 1)
+  sums, counts = batch_statistics(logits, labels, state.num_classes, mask)
+  return state.replace(prob_sums=state.prob_sums + sums,
+                       counts=state.counts + counts)
+
+
+def next_soft_labels(state: OLSState,
+                     freeze_threshold: Optional[float] = None) -> OLSState:
+  """The epoch boundary: turns the epoch's sums into the next ``S``.
+
+  ``S_next[c] = prob_sums[c] / counts[c]``; a class with ``counts[c] == 0`` gets
+  the uniform row ``1/K``. With ``freeze_threshold`` set (the official
+  fine-grained code uses 0.88), a class whose previous row has its maximum
+  ``>= freeze_threshold`` and that had correct samples keeps its previous row.
+  The accumulators are reset to zero.
+
+  Args:
+    state: the :class:`OLSState` at the end of an epoch.
+    freeze_threshold: optional threshold of the freeze rule (off when None).
+
+  Returns:
+    A new :class:`OLSState` for the next epoch.
+
+  References:
+    Zhang et al., "Delving Deep into Label Smoothing", IEEE TIP 2021, Eq. (5).
+  """
+  k = state.num_classes
+  counts = state.counts
+  has = counts > 0
+  mean = state.prob_sums / jnp.where(has, counts, 1.0)[:, None]
+  uniform = jnp.full_like(mean, 1.0 / k)
+  new = jnp.where(has[:, None], mean, uniform)
+  if freeze_threshold is not None:
+    keep = has & (jnp.max(state.soft_labels, axis=-1) >= freeze_threshold)
+    new = jnp.where(keep[:, None], state.soft_labels, new)
+  return OLSState(soft_labels=new.astype(jnp.float32),
+                  prob_sums=jnp.zeros_like(state.prob_sums),
+                  counts=jnp.zeros_like(state.counts))
+
+
+def loss(logits: jax.Array, labels: jax.Array, soft_labels: jax.Array,
+         alpha: float, mask: Optional[jax.Array] = None) -> jax.Array:
+  """The OLS training loss.
+
+  ``alpha * mean_i CE(logits_i, y_i) + (1 - alpha) * mean_i CE(logits_i, S[y_i])``
+  with means over valid samples and no gradient into ``S``.
+
+  Args:
+    logits: ``(B, K)`` logits (computed in float32 here).
+    labels: ``(B,)`` integer true classes.
+    soft_labels: ``(K, K)`` matrix ``S`` frozen at the start of the epoch.
+    alpha: weight of the hard-label term, in ``[0, 1]``.
+    mask: optional ``(B,)`` validity mask.
+
+  Returns:
+    A float32 scalar.
+
+  References:
+    Zhang et al., "Delving Deep into Label Smoothing", IEEE TIP 2021, Eq. (6).
+  """
+  return jnp.sum(per_example_loss(logits, labels, soft_labels, alpha, mask)
+                 ) / jnp.maximum(jnp.sum(_valid_mask(labels, mask)), 1.0)
+
+
+def per_example_loss(logits: jax.Array, labels: jax.Array,
+                     soft_labels: jax.Array, alpha: float,
+                     mask: Optional[jax.Array] = None) -> jax.Array:
+  """Per-sample OLS loss, zero on padded samples (see :func:`loss`).
+
+  Args:
+    logits: ``(B, K)`` logits.
+    labels: ``(B,)`` integer labels.
+    soft_labels: ``(K, K)`` matrix ``S``.
+    alpha: weight of the hard-label term.
+    mask: optional ``(B,)`` validity mask.
+
+  Returns:
+    ``(B,)`` float32 losses.
+  """
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  hard = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+  target = jax.lax.stop_gradient(soft_labels.astype(jnp.float32))[labels]
+  soft = -jnp.sum(target * logp, axis=-1)
+  return (alpha * hard + (1.0 - alpha) * soft) * _valid_mask(labels, mask)
+
+
+def row_entropy(soft_labels: jax.Array) -> jax.Array:
+  """Shannon entropy (nats) of each row of ``S``; ``(K,)``."""
+  s = soft_labels.astype(jnp.float32)
+  return -jnp.sum(jnp.where(s > 0, s * jnp.log(jnp.where(s > 0, s, 1.0)), 0.0), axis=-1)

@@ -1,0 +1,168 @@
+"""Data parallelism: ``jax.jit`` over a device mesh (the main path) and
+``jax.pmap`` (the second path), single- or multi-host.
+
+Multi-host: call :func:`initialize_distributed` first in every process (it wraps
+``jax.distributed.initialize()``, which reads the coordinator address, process
+count and id from the cluster environment, e.g. SLURM or Cloud TPU, or from the
+arguments). Every process then builds the same mesh over *all* devices and feeds
+only its own rows of the global batch; :func:`put_batch` assembles them into one
+global ``jax.Array`` with ``jax.make_array_from_process_local_data``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ols_jax import losses
+from ols_jax import steps
+
+DATA_AXIS = "data"
+PMAP_AXIS = "batch"
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None) -> None:
+  """Joins a multi-host run (no-op when there is one process and no arguments).
+
+  Args:
+    coordinator_address: ``host:port`` of process 0, or None to auto-detect.
+    num_processes: total processes, or None to auto-detect.
+    process_id: this process's index, or None to auto-detect.
+  """
+  if coordinator_address is None and num_processes in (None, 1):
+    return
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes,
+                             process_id=process_id)
+
+
+def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A 1-D mesh with axis ``'data'`` over ``devices`` (default: all).
+
+  The axis type is Auto so XLA propagates shardings through the gathers and
+  scatters of the OLS update.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,),
+              axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_size(global_batch_size: int, num_devices: int) -> None:
+  """Raises a clear error when the batch does not split evenly."""
+  if global_batch_size % num_devices:
+    raise ValueError(f"batch_size: expected a multiple of the device count "
+                     f"{num_devices}, got {global_batch_size}")
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Places this process's rows of a global batch on the mesh.
+
+  Args:
+    batch: host arrays holding this process's consecutive rows.
+    mesh: the device mesh.
+
+  Returns:
+    Global arrays sharded along ``'data'``.
+  """
+  sharding = data_sharding(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def replicate_on_mesh(tree: Any, mesh: Mesh) -> Any:
+  return jax.device_put(tree, replicated_sharding(mesh))
+
+
+def jit_train_step(spec: losses.LossSpec, mesh: Mesh,
+                   teacher_apply: Optional[Callable[..., Any]] = None,
+                   donate: bool = True):
+  """``train_step`` compiled for the mesh: state replicated and donated, batch
+  sharded on ``'data'``; BatchNorm statistics are over the global batch."""
+  repl, data = replicated_sharding(mesh), data_sharding(mesh)
+  fn = functools.partial(steps.train_step, spec=spec, teacher_apply=teacher_apply)
+  in_shardings = (repl, data, repl) if spec.needs_teacher else (repl, data)
+  return jax.jit(fn, in_shardings=in_shardings, out_shardings=(repl, repl),
+                 donate_argnums=(0,) if donate else ())
+
+
+def jit_eval_step(mesh: Mesh, num_bins: int = 15, with_outputs: bool = True):
+  repl, data = replicated_sharding(mesh), data_sharding(mesh)
+  fn = functools.partial(steps.eval_step, num_bins=num_bins,
+                         with_outputs=with_outputs)
+  return jax.jit(fn, in_shardings=(repl, data),
+                 out_shardings=(repl, data))
+
+
+def jit_epoch_boundary(mesh: Mesh, freeze_threshold: Optional[float] = None):
+  repl = replicated_sharding(mesh)
+  fn = functools.partial(steps.epoch_boundary, freeze_threshold=freeze_threshold)
+  return jax.jit(fn, in_shardings=(repl,), out_shardings=repl, donate_argnums=(0,))
+
+
+# ----------------------------------------------------------------------------
+# pmap path.
+# ----------------------------------------------------------------------------
+
+
+def pmap_train_step(spec: losses.LossSpec,
+                    teacher_apply: Optional[Callable[..., Any]] = None,
+                    donate: bool = True):
+  """``train_step`` under ``jax.pmap`` over axis ``'batch'``.
+
+  The model must be created with ``bn_axis_name='batch'`` so BatchNorm
+  averages its statistics across devices. OLS sums stay per device until
+  :func:`pmap_epoch_boundary`.
+  """
+  fn = functools.partial(steps.train_step, spec=spec, teacher_apply=teacher_apply,
+                         axis_name=PMAP_AXIS)
+  return jax.pmap(fn, axis_name=PMAP_AXIS, donate_argnums=(0,) if donate else ())
+
+
+def pmap_eval_step(num_bins: int = 15, with_outputs: bool = True):
+  fn = functools.partial(steps.eval_step, num_bins=num_bins,
+                         axis_name=PMAP_AXIS, with_outputs=with_outputs)
+  return jax.pmap(fn, axis_name=PMAP_AXIS)
+
+
+def pmap_epoch_boundary(freeze_threshold: Optional[float] = None):
+  fn = functools.partial(steps.epoch_boundary, freeze_threshold=freeze_threshold,
+                         axis_name=PMAP_AXIS)
+  return jax.pmap(fn, axis_name=PMAP_AXIS)
+
+
+def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
+  """Copies a pytree onto each local device (leading device axis)."""
+  devices = list(jax.local_devices() if devices is None else devices)
+  sharding = NamedSharding(Mesh(np.asarray(devices), (PMAP_AXIS,)), P(PMAP_AXIS))
+  return jax.tree.map(
+      lambda x: jax.device_put(np.stack([np.asarray(x)] * len(devices)), sharding),
+      tree)
+
+
+def unreplicate(tree: Any) -> Any:
+  """Takes replica 0 of a replicated pytree."""
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+def split_for_pmap(batch: dict[str, np.ndarray], num_devices: int) -> dict[str, np.ndarray]:
+  """Reshapes ``(B, ...)`` host arrays to ``(num_devices, B / num_devices, ...)``."""
+  check_batch_size(next(iter(batch.values())).shape[0], num_devices)
+  return jax.tree.map(
+      lambda x: x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:]),
+      batch)

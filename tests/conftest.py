@@ -1,0 +1,28 @@
+"""Test set-up: 4 fake CPU devices and the shared-data helper."""
+
+import os
+
+# Must happen before JAX initialises its backends.
+os.environ.setdefault("XLA_FLAGS", "")
+if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+from ols_jax import paths  # noqa: E402
+
+
+def require_dataset(name: str):
+  """Path of a shared dataset folder, or skip the test with a clear message."""
+  path = paths.dataset_dir(name)
+  if not path.is_dir():
+    pytest.skip(f"real data {name!r} not found at {path}; set {paths.ENV_VAR} "
+                f"to the folder holding the shared datasets")
+  return path
+
+
+@pytest.fixture
+def shared_data():
+  """Callable fixture: ``shared_data('brain_tumor_mri')`` -> Path or skip."""
+  return require_dataset

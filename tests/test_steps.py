@@ -1,0 +1,261 @@
+"""train_step / eval_step / epoch boundary: single device, jit-sharded and pmap."""
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ols_jax import losses
+from ols_jax import ols
+from ols_jax import parallel
+from ols_jax import steps
+from ols_jax import train_state
+
+K = 4
+N_DEV = 4
+
+
+class SmallNet(nn.Module):
+  """Conv + BatchNorm + Dense, with an optional BN axis name for pmap."""
+  num_classes: int = K
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train=False, return_embedding=False):
+    x = nn.Conv(8, (3, 3), strides=2)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                     axis_name=self.bn_axis_name)(x)
+    x = nn.relu(x)
+    emb = jnp.mean(x, axis=(1, 2))
+    logits = nn.Dense(self.num_classes)(emb).astype(jnp.float32)
+    return (logits, emb) if return_embedding else logits
+
+
+def make_state(method="ols", bn_axis_name=None, lr=0.1):
+  model = SmallNet(bn_axis_name=bn_axis_name)
+  return train_state.create(model, optax.sgd(lr, momentum=0.9), input_shape=(8, 8, 1),
+                            num_classes=K, rng=jax.random.PRNGKey(0))
+
+
+def make_batches(n_batches=3, batch=16, seed=0):
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n_batches):
+    labels = rng.integers(0, K, batch).astype(np.int32)
+    images = rng.normal(size=(batch, 8, 8, 1)).astype(np.float32)
+    images += labels[:, None, None, None] * 0.8  # learnable signal
+    out.append({"image": images, "label": labels,
+                "mask": np.ones(batch, np.float32)})
+  return out
+
+
+SPEC = losses.LossSpec(method="ols", num_classes=K, alpha=0.5)
+
+
+def run_single(batches, spec=SPEC, epochs=2):
+  state = make_state()
+  step = jax.jit(functools.partial(steps.train_step, spec=spec))
+  boundary = jax.jit(steps.epoch_boundary)
+  history = []
+  for _ in range(epochs):
+    for b in batches:
+      state, m = step(state, b)
+      history.append(jax.device_get(m))
+    pre = jax.device_get(state.ols)  # the boundary donates the state
+    state = boundary(state)
+  return state, pre, history
+
+
+def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(
+      np.asarray(x), np.asarray(y), rtol=rtol, atol=atol), a, b)
+
+
+def test_devices_available():
+  assert jax.device_count() >= N_DEV, "conftest must create 4 fake CPU devices"
+
+
+def test_train_step_accumulates_and_learns():
+  batches = make_batches()
+  state, pre, history = run_single(batches, epochs=4)
+  assert history[-1]["loss_sum"] < history[0]["loss_sum"]
+  assert float(pre.counts.sum()) > 0
+  s = np.asarray(state.ols.soft_labels)
+  np.testing.assert_allclose(s.sum(-1), 1.0, rtol=1e-5)
+  assert (s >= 0).all()
+  assert float(state.ols.counts.sum()) == 0
+  assert int(state.step) == 12
+
+
+def test_train_step_accumulates_exactly_the_forward_logits():
+  """The OLS sums equal accumulate() on the training-mode logits of the step."""
+  state = make_state()
+  batch = make_batches(1)[0]
+  batch["mask"][-3:] = 0.0
+  logits, _ = state.apply_fn(state.variables(), batch["image"], train=True,
+                             mutable=["batch_stats"], rngs={"dropout": state.rng})
+  expected = ols.accumulate(state.ols, logits, batch["label"], batch["mask"])
+  new, metrics = jax.jit(functools.partial(steps.train_step, spec=SPEC))(state, batch)
+  np.testing.assert_allclose(new.ols.prob_sums, expected.prob_sums, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(new.ols.counts, expected.counts)
+  assert float(metrics["count"]) == 13
+  np.testing.assert_array_equal(new.ols.soft_labels, state.ols.soft_labels)
+
+
+def test_ce_does_not_accumulate():
+  spec = losses.LossSpec(method="ce", num_classes=K)
+  state, pre, _ = run_single(make_batches(1), spec=spec, epochs=1)
+  assert float(pre.counts.sum()) == 0
+
+
+def test_eval_step_never_accumulates_and_respects_mask():
+  state, _, _ = run_single(make_batches(2), epochs=1)
+  batch = make_batches(1, seed=5)[0]
+  batch["mask"][8:] = 0.0
+  sums, out = jax.jit(steps.eval_step)(state, batch)
+  assert float(sums["count"]) == 8
+  assert out["logits"].shape == (16, K) and out["embedding"].shape == (16, 8)
+  half = {k: v[:8] for k, v in batch.items()}
+  sums_half, _ = jax.jit(steps.eval_step)(state, half)
+  assert_trees_close(sums, sums_half, rtol=1e-5, atol=1e-5)
+
+
+def test_train_step_traces_once():
+  state = make_state()
+
+  @chex.assert_max_traces(n=1)
+  def counted(state, batch):
+    return steps.train_step(state, batch, spec=SPEC)
+
+  step = jax.jit(counted)
+  for b in make_batches(3):
+    state, _ = step(state, b)
+  state = steps.epoch_boundary(state)
+  for b in make_batches(2, seed=1):
+    state, _ = step(state, b)
+
+
+def test_jit_sharded_equals_single_device():
+  batches = make_batches()
+  single, single_pre, single_hist = run_single(batches)
+
+  mesh = parallel.make_mesh(jax.devices()[:N_DEV])
+  state = parallel.replicate_on_mesh(make_state(), mesh)
+  step = parallel.jit_train_step(SPEC, mesh)
+  boundary = parallel.jit_epoch_boundary(mesh)
+  hist = []
+  for _ in range(2):
+    for b in batches:
+      sharded = parallel.put_batch(b, mesh)
+      assert len(sharded["image"].sharding.device_set) == N_DEV
+      state, m = step(state, sharded)
+      hist.append(jax.device_get(m))
+    pre = jax.device_get(state.ols)  # the boundary donates the state
+    state = boundary(state)
+  assert_trees_close(pre.prob_sums, single_pre.prob_sums)
+  assert_trees_close(pre.counts, single_pre.counts)
+  assert_trees_close(state.ols.soft_labels, single.ols.soft_labels)
+  assert_trees_close(state.params, single.params, rtol=1e-4, atol=1e-5)
+  assert_trees_close(state.batch_stats, single.batch_stats, rtol=1e-4, atol=1e-5)
+  for a, b in zip(hist, single_hist):
+    for key in ("loss_sum", "correct", "count"):
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-4)
+
+
+def test_pmap_equals_single_device():
+  batches = make_batches()
+  single, single_pre, single_hist = run_single(batches)
+
+  devices = jax.local_devices()[:N_DEV]
+  state = parallel.replicate(make_state(bn_axis_name=parallel.PMAP_AXIS), devices)
+  step = parallel.pmap_train_step(SPEC)
+  boundary = parallel.pmap_epoch_boundary()
+  hist = []
+  for _ in range(2):
+    for b in batches:
+      state, m = step(state, parallel.split_for_pmap(b, N_DEV))
+      hist.append(jax.device_get(parallel.unreplicate(m)))
+    # Per-device sums add up to the single-device sums.
+    pre_sums = np.asarray(state.ols.prob_sums).sum(0)
+    pre_counts = np.asarray(state.ols.counts).sum(0)
+    state = boundary(state)
+  np.testing.assert_allclose(pre_sums, single_pre.prob_sums, rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(pre_counts, single_pre.counts)
+  out = parallel.unreplicate(state)
+  # Every replica holds the same S after the boundary.
+  s_all = np.asarray(state.ols.soft_labels)
+  np.testing.assert_allclose(s_all, np.broadcast_to(s_all[0], s_all.shape))
+  assert_trees_close(out.ols.soft_labels, single.ols.soft_labels)
+  assert_trees_close(out.params, single.params, rtol=1e-4, atol=1e-5)
+  assert_trees_close(out.batch_stats, single.batch_stats, rtol=1e-4, atol=1e-5)
+  for a, b in zip(hist, single_hist):
+    for key in ("loss_sum", "correct", "count"):
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-4)
+
+
+def test_batch_size_must_split_over_devices():
+  with pytest.raises(ValueError, match="batch_size.*multiple of the device count 4"):
+    parallel.check_batch_size(30, 4)
+
+
+# --------------------------------------------------------------------------
+# The other methods' losses.
+# --------------------------------------------------------------------------
+
+def _np_logp(z):
+  z = np.asarray(z, np.float64)
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_method_losses_against_numpy():
+  rng = np.random.default_rng(0)
+  b, k = 12, 5
+  z = rng.normal(size=(b, k)).astype(np.float32) * 2
+  t_logits = rng.normal(size=(b, k)).astype(np.float32) * 2
+  y = rng.integers(0, k, b)
+  logp = _np_logp(z)
+  onehot = np.eye(k)[y]
+  ce = -(onehot * logp).sum(-1)
+
+  got = losses.per_example_loss(losses.LossSpec("ce", k), z, y)
+  np.testing.assert_allclose(got, ce, rtol=1e-5)
+
+  eps = 0.1
+  target = onehot * (1 - eps) + (1 - onehot) * eps / (k - 1)
+  got = losses.per_example_loss(losses.LossSpec("ls", k, eps=eps), z, y)
+  np.testing.assert_allclose(got, -(target * logp).sum(-1), rtol=1e-5)
+
+  temp, alpha = 3.0, 0.4
+  logp_t = _np_logp(z / temp)
+
+  def kl(p, lq):
+    return (p * (np.log(p) - lq)).sum(-1)
+
+  teacher = np.exp(_np_logp(t_logits / temp))
+  got = losses.per_example_loss(losses.LossSpec("kd", k, alpha=alpha, temperature=temp),
+                                z, y, teacher_logits=t_logits)
+  np.testing.assert_allclose(got, (1 - alpha) * ce + alpha * temp**2 * kl(teacher, logp_t),
+                             rtol=1e-4)
+
+  a = 0.9
+  q = onehot * a + (1 - onehot) * (1 - a) / (k - 1)
+  virt = np.exp(_np_logp(np.log(q) / temp))
+  got = losses.per_example_loss(
+      losses.LossSpec("tfkd", k, alpha=alpha, temperature=temp, tfkd_a=a), z, y)
+  np.testing.assert_allclose(got, (1 - alpha) * ce + alpha * temp**2 * kl(virt, logp_t),
+                             rtol=1e-4)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("method", "focal"), ("alpha", 1.5), ("alpha", -0.1), ("eps", 1.0),
+    ("temperature", 0.0), ("tfkd_a", 1.0), ("freeze_threshold", 0.0),
+])
+def test_loss_spec_rejects_out_of_range(field, value):
+  with pytest.raises(ValueError, match=field):
+    losses.LossSpec(**{"num_classes": 4, field: value})

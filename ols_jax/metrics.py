@@ -10,9 +10,9 @@ Binning: ``num_bins`` equal-width bins on ``[0, 1]``; bin ``b`` is
 ``[(B - 1) / B, 1]``. A value exactly on an interior edge goes to the upper
 bin. The edges are float32 (see :func:`bin_edges`).
 
-:func:`host_metrics` adds metrics that need every example at once (adaptive
-ECE, AUROC) and :func:`numpy_reference_metrics` recomputes the
-:func:`finalize` metrics directly from probabilities in NumPy.
+:func:`host_metrics` gives the metrics that need every example at once
+(adaptive ECE, AUROC); :func:`numpy_reference_metrics` recomputes the
+:func:`finalize` metrics directly from probabilities in NumPy (a test oracle).
 
 References:
   Guo et al., "On Calibration of Modern Neural Networks", ICML 2017.
@@ -431,19 +431,22 @@ def host_metrics(probs: np.ndarray, labels: np.ndarray,
                  num_bins: int = 15) -> dict[str, float]:
   """Metrics that need the whole evaluation set, computed in NumPy.
 
+  Only the metrics that cannot be summed batch by batch; the others come from
+  :func:`finalize` (or :func:`numpy_reference_metrics`), so merging this dict
+  into a :func:`finalize` result never overwrites anything.
+
   Args:
     probs: ``(N, K)`` probabilities of every example.
     labels: ``(N,)`` integer labels.
-    num_bins: number of bins (equal-mass for ``adaptive_ece``).
+    num_bins: number of equal-mass bins of ``adaptive_ece``.
 
   Returns:
-    ``adaptive_ece`` and ``auroc_macro``, plus every :func:`finalize` metric
-    as computed by :func:`numpy_reference_metrics`.
+    ``adaptive_ece`` and ``auroc_macro``.
 
   References:
     Nixon et al., CVPR-W 2019 (adaptive ECE).
   """
-  out = numpy_reference_metrics(probs, labels, num_bins)
-  out["adaptive_ece"] = adaptive_ece(probs, labels, num_bins)
-  out["auroc_macro"] = auroc_macro(probs, labels)
-  return out
+  return {
+      "adaptive_ece": adaptive_ece(probs, labels, num_bins),
+      "auroc_macro": auroc_macro(probs, labels),
+  }

@@ -4,6 +4,7 @@ import csv
 import io
 import pathlib
 import shutil
+import sys
 import tarfile
 
 import numpy as np
@@ -29,8 +30,9 @@ def _save_png(path: pathlib.Path, image: np.ndarray):
   Image.fromarray(image).save(path)
 
 
-def make_mini_radimagenet(root: pathlib.Path, with_csvs: bool = True):
-  """~40 real scans in the RadImageNet layout; returns {split: rows}."""
+def make_mini_radimagenet(root: pathlib.Path, with_csvs: bool = True,
+                          us_per_class: int = 4):
+  """~44 real scans in the RadImageNet layout; returns {split: rows}."""
   _need("brain_tumor_mri", "kidney_ct", "chest_ct", "breastmnist")
   files = []  # (rel, label)
   tar_path = (paths.dataset_dir("brain_tumor_mri")
@@ -63,7 +65,7 @@ def make_mini_radimagenet(root: pathlib.Path, with_csvs: bool = True):
   with np.load(paths.dataset_dir("breastmnist") / "breastmnist_28.npz") as z:
     images, labels = z["train_images"], z["train_labels"][:, 0]
   for label, folder in ((0, "breast-malignant"), (1, "breast-benign")):
-    for k, r in enumerate(np.flatnonzero(labels == label)[:4]):
+    for k, r in enumerate(np.flatnonzero(labels == label)[:us_per_class]):
       rel = f"radiology_ai/US/{folder}/usn{label}{k:05d}.png"
       _save_png(root / rel, images[r])
       files.append((rel, folder))
@@ -109,9 +111,10 @@ def test_radimagenet_round_trip(mini):
   source = tfds.data_source("radimagenet", data_dir=str(data_dir))
   builder = tfds.builder("radimagenet", data_dir=str(data_dir))
   assert builder.info.file_format.value == "array_record"
+  assert "tensorflow" not in sys.modules  # built and read without TF.
   names = builder.info.features["label"].names
   expected_names = sorted({label for _, label in splits["train"]})
-  assert names == expected_names and len(names) == 12
+  assert names == expected_names and len(names) == 10
   for split, rows in splits.items():
     assert len(source[split]) == len(rows)
     by_file = {r["file_name"].decode() if isinstance(r["file_name"], bytes)
@@ -134,7 +137,7 @@ def test_radimagenet_round_trip(mini):
 def test_radimagenet_load_dataset(mini):
   root, data_dir, splits = mini
   ds = data.load_dataset("radimagenet", data_dir=data_dir, manual_dir=root)
-  assert ds.info.num_classes == 12 and ds.info.channels == 1
+  assert ds.info.num_classes == 10 and ds.info.channels == 1
   assert ds.info.split_sizes == {s: len(r) for s, r in splits.items()}
   rec = ds.splits["val"][0]
   assert rec["image"].ndim == 2 and rec["image"].dtype == np.uint8
@@ -146,19 +149,21 @@ def test_radimagenet_load_dataset(mini):
 
 def test_radimagenet_without_csvs(tmp_path):
   manual = tmp_path / "manual"
-  make_mini_radimagenet(manual, with_csvs=False)
+  make_mini_radimagenet(manual, with_csvs=False, us_per_class=10)
   build(tmp_path / "tfds", manual)
   builder = tfds.builder("radimagenet", data_dir=str(tmp_path / "tfds"))
   names = builder.info.features["label"].names
   assert "brain-glioma-MR" in names and "abd-cyst-CT" in names
-  assert "breast-malignant" in names and len(names) == 12
+  assert "breast-malignant" in names and len(names) == 10
   sizes = {s: builder.info.splits[s].num_examples
            for s in ("train", "val", "test")}
-  # 5 per MR class -> 1 test, 0 val (round(0.5) == 0); 4 per other class ->
-  # round(0.4) == 0 test and val.
-  assert sizes == {"train": 36, "val": 0, "test": 4} or sum(
-      sizes.values()) == 40
-  assert sum(sizes.values()) == 40
+  # round(0.1 * n) per class: 0 for the 4- and 5-image classes (Python
+  # rounds 0.5 to 0), 1 val + 1 test for each 10-image US class.
+  assert sizes == {"train": 52, "val": 2, "test": 2}
+  source = tfds.data_source("radimagenet", data_dir=str(tmp_path / "tfds"))
+  files = sorted(r["file_name"] for r in source["test"])
+  files = [f.decode() if isinstance(f, bytes) else f for f in files]
+  assert all(f.startswith("radiology_ai/US/breast-") for f in files)
 
 
 def _expect_error(tmp_path, manual, match):
@@ -208,15 +213,22 @@ def test_medmnist_from_manual_npz(tmp_path, no_network):
   assert ds.info.split_sizes == {"train": 1080, "val": 120, "test": 400}
   assert ds.info.channels == 3 and ds.info.image_size == 28
   assert ds.info.class_names == tuple("01234")
-  with np.load(src) as z:
-    for split in ("train", "test"):
-      for i in (0, 7, len(z[f"{split}_labels"]) - 1):
-        rec = ds.splits[split][i]
-        np.testing.assert_array_equal(rec["image"], z[f"{split}_images"][i])
-        assert rec["label"] == int(z[f"{split}_labels"][i, 0])
   source = tfds.data_source("medmnist/retinamnist_28",
                             data_dir=str(tmp_path / "tfds"))
-  assert len(source["val"]) == 120
+  with np.load(src) as z:
+    for split in ("train", "val", "test"):
+      images, labels = z[f"{split}_images"], z[f"{split}_labels"][:, 0]
+      seen = np.zeros(len(labels), bool)
+      for i in range(len(source[split])):
+        rec = source[split][i]
+        row = int(rec["index"])
+        seen[row] = True
+        np.testing.assert_array_equal(rec["image"], images[row])
+        assert rec["label"] == labels[row]
+      assert seen.all()
+      got = [ds.splits[split][i]["label"] for i in range(len(labels))]
+      assert np.bincount(got, minlength=5).tolist() == np.bincount(
+          labels, minlength=5).tolist()
 
 
 def test_medmnist_md5_catches_corruption(tmp_path, no_network):

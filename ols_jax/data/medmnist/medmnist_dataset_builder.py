@@ -90,6 +90,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "image": tfds.features.Image(shape=(size, size, info.channels),
                                          encoding_format="png"),
             "label": label,
+            "index": tfds.features.Scalar(
+                dtype=np.int32, doc="Row of the image in the npz split."),
         }),
         supervised_keys=("image", "label"),
         homepage="https://medmnist.com/",
@@ -135,4 +137,4 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       yield f"{split}_{i}", {"image": png_bytes(np.squeeze(image, -1)
                                                 if image.shape[-1] == 1
                                                 else image),
-                             "label": target}
+                             "label": target, "index": i}

@@ -1,0 +1,35 @@
+"""Train and evaluate one method/model/dataset: the project's main job.
+
+  python experiments/radimagenet.py --config=experiments/configs/smoke.py --workdir=runs/smoke
+
+Every config field can be overridden: --config.method=ce --config.seed=1 ...
+Rerunning the same command on the same workdir resumes the run.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ols_jax import cli  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (resumed if it holds a run).")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks on errors.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  return cli.run_main(_CONFIG.value, _WORKDIR.value, debug=_DEBUG.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

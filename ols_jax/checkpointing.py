@@ -1,0 +1,155 @@
+"""Orbax checkpoints of the TrainState plus the loop's position.
+
+Two managers under ``<workdir>/checkpoints``: ``last`` (the newest two, saved
+at epoch ends and optionally every N steps) and ``best`` (the best by the
+validation metric). Orbax writes each checkpoint to a temporary folder and
+renames it when complete, so a checkpoint interrupted while being written is
+never picked up. Saves are synchronous: when ``save_*`` returns, the
+checkpoint is on disk.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from ols_jax.config import ConfigError
+
+
+def _savable(state) -> dict[str, Any]:
+  """The pytree that is written: everything in the TrainState but functions."""
+  return {"step": state.step, "params": state.params,
+          "batch_stats": state.batch_stats, "opt_state": state.opt_state,
+          "ols": {"soft_labels": state.ols.soft_labels,
+                  "prob_sums": state.ols.prob_sums, "counts": state.ols.counts},
+          "rng": state.rng}
+
+
+def _with_restored(state, tree):
+  return state.replace(
+      step=tree["step"], params=tree["params"], batch_stats=tree["batch_stats"],
+      opt_state=tree["opt_state"], rng=tree["rng"],
+      ols=state.ols.replace(**tree["ols"]))
+
+
+def _abstract(state):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+      if not isinstance(x, jax.ShapeDtypeStruct) else x,
+      _savable(jax.device_get(state)))
+
+
+class Checkpointer:
+  """Saves and restores ``(TrainState, meta)`` in a workdir."""
+
+  def __init__(self, workdir: pathlib.Path, config=None):
+    del config
+    root = pathlib.Path(workdir).resolve() / "checkpoints"
+    self._root = root
+    self._last = ocp.CheckpointManager(
+        root / "last", options=ocp.CheckpointManagerOptions(
+            max_to_keep=2, create=True, enable_async_checkpointing=False))
+    self._best = ocp.CheckpointManager(
+        root / "best", options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, enable_async_checkpointing=False))
+
+  def _save(self, manager, step: int, state, meta: dict) -> None:
+    if step in manager.all_steps():
+      manager.delete(step)
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_savable(jax.device_get(state))),
+        meta=ocp.args.JsonSave(meta)))
+    manager.wait_until_finished()
+
+  def save_last(self, step: int, state, meta: dict) -> None:
+    self._save(self._last, step, state, meta)
+
+  def save_best(self, step: int, state, meta: dict) -> None:
+    self._save(self._best, step, state, meta)
+
+  def _restore(self, manager, step: int, like):
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(like)),
+        meta=ocp.args.JsonRestore()))
+    return _with_restored(like, out["state"]), dict(out["meta"])
+
+  def restore_last(self, like) -> Optional[tuple[Any, dict]]:
+    """``(state, meta)`` of the newest complete checkpoint, or None."""
+    step = self._last.latest_step()
+    if step is None:
+      return None
+    try:
+      return self._restore(self._last, step, like)
+    except (ValueError, KeyError, TypeError) as e:
+      raise ConfigError(
+          f"checkpoint {self._root / 'last' / str(step)} does not match the "
+          f"configured model or class count ({type(e).__name__}: "
+          f"{str(e).splitlines()[0][:200]})") from None
+
+  def restore_best(self, like):
+    """The best-validation state (falls back to the newest one)."""
+    step = self._best.latest_step()
+    if step is None:
+      restored = self.restore_last(like)
+      return like if restored is None else restored[0]
+    return self._restore(self._best, step, like)[0]
+
+  def wait(self) -> None:
+    self._last.wait_until_finished()
+    self._best.wait_until_finished()
+
+  def close(self) -> None:
+    self._last.close()
+    self._best.close()
+
+
+def check_compatible(state, *, model_name: str, num_classes: int) -> None:
+  """Raises when a restored state's S does not have ``num_classes`` rows."""
+  k = state.ols.soft_labels.shape[-1]
+  if k != num_classes:
+    raise ConfigError(f"checkpoint has {k} classes, config's dataset has "
+                      f"{num_classes} (model {model_name})")
+
+
+def restore_teacher_variables(teacher_workdir: pathlib.Path, abstract_variables,
+                              num_classes: int) -> dict[str, Any]:
+  """Params and batch_stats of a finished run's best checkpoint (for KD).
+
+  Args:
+    teacher_workdir: the teacher run's workdir.
+    abstract_variables: ``jax.eval_shape`` of the teacher model's init.
+    num_classes: the student's class count; must match the teacher's.
+
+  Returns:
+    The teacher's variable dict.
+  """
+  root = pathlib.Path(teacher_workdir).resolve() / "checkpoints"
+  for sub in ("best", "last"):
+    path = root / sub
+    if not path.is_dir():
+      continue
+    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
+        create=False, enable_async_checkpointing=False))
+    step = manager.latest_step()
+    if step is None:
+      continue
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))["state"]
+    manager.close()
+    teacher_k = np.shape(out["ols"]["soft_labels"])[-1]
+    if teacher_k != num_classes:
+      raise ConfigError(f"config.teacher_workdir: teacher has {teacher_k} classes, "
+                        f"the student's dataset has {num_classes}")
+    variables = {"params": out["params"]}
+    if out.get("batch_stats"):
+      variables["batch_stats"] = out["batch_stats"]
+    want = jax.tree.structure(abstract_variables)
+    if jax.tree.structure(variables) != want:
+      raise ConfigError(f"config.teacher_workdir: checkpoint in {path} does not "
+                        f"match the teacher's config.json model")
+    return jax.tree.map(np.asarray, variables)
+  raise ConfigError(f"config.teacher_workdir: no checkpoint found under {root}")

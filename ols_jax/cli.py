@@ -1,0 +1,30 @@
+"""Command-line glue shared by the entry points: clean one-line errors."""
+
+from __future__ import annotations
+
+import sys
+
+from ols_jax import config as config_lib
+from ols_jax import data as data_lib
+from ols_jax import train
+
+# Errors a user can fix; shown as one line without a traceback.
+USER_ERRORS = (config_lib.ConfigError, data_lib.DataError, train.TrainingDivergedError,
+               ValueError, OSError)
+
+
+def run_main(config, workdir: str, *, debug: bool = False) -> int:
+  """Runs ``train_and_evaluate`` and turns user errors into exit code 2."""
+  try:
+    _, summary = train.train_and_evaluate(config, workdir)
+  except USER_ERRORS as e:  # pylint: disable=catching-non-exception
+    if debug:
+      raise
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+  test = summary["test"]
+  print(f"done: {summary['method']} / {summary['model']} on {summary['dataset']}: "
+        f"test top-1 error {100 * test['top1_error']:.2f}%, ECE {100 * test['ece']:.2f}%, "
+        f"NLL {test['nll']:.4f} -> {workdir}/report.md")
+  return 0

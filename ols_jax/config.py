@@ -1,0 +1,157 @@
+"""The experiment configuration: defaults, validation, and what changes results.
+
+Configs are ``ml_collections.ConfigDict`` objects built in code
+(``experiments/configs/*.py`` start from :func:`base_config`). Every field can
+be overridden on the command line with ``--config.<field>=<value>``; unknown
+fields are an error.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from ols_jax import losses
+from ols_jax.ols import INITS
+
+
+class ConfigError(ValueError):
+  """A configuration value is missing or out of range."""
+
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+PARALLEL_MODES = ("jit", "pmap")
+DTYPES = ("float32", "bfloat16")
+SELECT_METRICS = ("top1_error", "nll", "ece")
+
+# Fields that may change between a run and its resumption without changing its
+# results (everything else must match the saved config.json).
+RESUMABLE_FIELDS = frozenset({
+    "log_every_steps", "checkpoint_every_steps", "progress", "num_workers",
+    "allow_config_change", "figures", "tsne_samples", "data_dir", "manual_dir",
+    "compilation_cache_dir",
+})
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every experiment config."""
+  c = ml_collections.ConfigDict()
+  # Data.
+  c.dataset = "brain_tumor_mri"
+  c.data_dir = ""          # '' = the shared data folder (OLS_JAX_DATA).
+  c.manual_dir = ""        # RadImageNet / MedMNIST manual download folder.
+  c.image_size = 28
+  c.channels = 1
+  c.augment = "crop_flip"
+  c.num_workers = 0
+  # Model.
+  c.model = "resnet18"
+  c.width_multiplier = 1.0
+  c.small_input = True
+  c.dtype = "float32"
+  c.dropout_rate = -1.0    # < 0: the model's canonical default.
+  c.zero_init_residual = False
+  # Method.
+  c.method = "ols"
+  c.alpha = 0.5            # OLS: hard-term weight; KD/TF-KD: soft-term weight.
+  c.eps = 0.1              # LS smoothing mass.
+  c.temperature = 4.0      # KD / TF-KD.
+  c.tfkd_a = 0.9           # TF-KD virtual teacher's correct-class probability.
+  c.ols_init = "uniform"
+  c.ols_eps = 0.1
+  c.freeze_threshold = 0.0  # 0 = freeze rule off (0.88 in the official code).
+  c.teacher_workdir = ""
+  # Optimisation.
+  c.optimizer = "sgd"
+  c.learning_rate = 0.1
+  c.momentum = 0.9
+  c.nesterov = False
+  c.weight_decay = 1e-4
+  c.schedule = "cosine"
+  c.warmup_epochs = 0.0
+  c.num_epochs = 10
+  c.batch_size = 128
+  c.eval_batch_size = 256
+  c.seed = 0
+  # Selection and evaluation.
+  c.select_metric = "top1_error"   # on the validation split only.
+  c.num_bins = 15
+  c.tsne_samples = 1000
+  c.figures = True
+  # Infrastructure.
+  c.parallel = "jit"
+  c.num_devices = 0        # 0 = all devices.
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 0  # 0 = only at epoch ends.
+  c.progress = True
+  c.allow_config_change = False
+  c.compilation_cache_dir = ""  # '' = no persistent compilation cache.
+  return c
+
+
+def _check_choice(config, field, choices):
+  if config[field] not in choices:
+    raise ConfigError(f"config.{field}: expected one of {', '.join(choices)}, "
+                      f"got {config[field]!r}")
+
+
+def _check_range(config, field, lo, hi, lo_open=False, hi_open=False):
+  v = config[field]
+  ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+  if not ok:
+    lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
+    raise ConfigError(f"config.{field}: expected a value in {lb}{lo}, {hi}{rb}, got {v!r}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises :class:`ConfigError` (one line, naming the field) on bad values."""
+  from ols_jax import models  # pylint: disable=import-outside-toplevel
+  _check_choice(config, "method", losses.METHODS)
+  if config.model not in models.MODEL_NAMES:
+    raise ConfigError(f"config.model: expected one of {', '.join(models.MODEL_NAMES)}, "
+                      f"got {config.model!r}")
+  _check_choice(config, "ols_init", INITS)
+  _check_choice(config, "optimizer", OPTIMIZERS)
+  _check_choice(config, "schedule", SCHEDULES)
+  _check_choice(config, "parallel", PARALLEL_MODES)
+  _check_choice(config, "dtype", DTYPES)
+  _check_choice(config, "select_metric", SELECT_METRICS)
+  _check_range(config, "alpha", 0.0, 1.0)
+  _check_range(config, "eps", 0.0, 1.0, hi_open=True)
+  _check_range(config, "ols_eps", 0.0, 1.0)
+  _check_range(config, "temperature", 0.0, 100.0, lo_open=True)
+  _check_range(config, "tfkd_a", 0.0, 1.0, lo_open=True, hi_open=True)
+  _check_range(config, "freeze_threshold", 0.0, 1.0)
+  _check_range(config, "learning_rate", 0.0, 10.0, lo_open=True)
+  _check_range(config, "momentum", 0.0, 1.0, hi_open=True)
+  _check_range(config, "weight_decay", 0.0, 1.0)
+  _check_range(config, "width_multiplier", 0.0, 4.0, lo_open=True)
+  _check_range(config, "warmup_epochs", 0.0, float(max(config.num_epochs, 0)))
+  if config.channels not in (1, 3):
+    raise ConfigError(f"config.channels: expected 1 or 3, got {config.channels!r}")
+  for field in ("num_epochs", "batch_size", "eval_batch_size", "image_size", "num_bins"):
+    if not isinstance(config[field], int) or config[field] < 1:
+      raise ConfigError(f"config.{field}: expected a positive integer, got {config[field]!r}")
+  if not 8 <= config.image_size <= 512:
+    raise ConfigError(f"config.image_size: expected 8..512 pixels, got {config.image_size}")
+  if config.method == "kd" and not config.teacher_workdir:
+    raise ConfigError("config.teacher_workdir: method 'kd' needs the workdir of a "
+                      "trained teacher run")
+  for field in ("num_devices", "log_every_steps", "checkpoint_every_steps", "num_workers"):
+    if not isinstance(config[field], int) or config[field] < 0:
+      raise ConfigError(f"config.{field}: expected a non-negative integer, got {config[field]!r}")
+
+
+def loss_spec(config: ml_collections.ConfigDict, num_classes: int) -> losses.LossSpec:
+  """The static :class:`ols_jax.losses.LossSpec` of a config."""
+  return losses.LossSpec(
+      method=config.method, num_classes=num_classes, alpha=float(config.alpha),
+      eps=float(config.eps), temperature=float(config.temperature),
+      tfkd_a=float(config.tfkd_a),
+      freeze_threshold=float(config.freeze_threshold) or None)
+
+
+def result_affecting_differences(saved: dict, current: dict) -> list[str]:
+  """Names of fields whose values differ and that change results."""
+  keys = (set(saved) | set(current)) - RESUMABLE_FIELDS
+  return sorted(k for k in keys if saved.get(k) != current.get(k))

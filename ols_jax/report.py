@@ -1,0 +1,126 @@
+"""A run's human-readable outputs: report.md and PNG figures."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ols_jax import calibration
+from ols_jax import embeddings as embeddings_lib
+from ols_jax import metrics as metrics_lib
+from ols_jax import plots
+from ols_jax.logging_utils import read_metrics
+
+TABLE_METRICS = (
+    ("top1_error", "Top-1 err (%)", 100.0),
+    ("top5_error", "Top-5 err (%)", 100.0),
+    ("ece", "ECE (%)", 100.0),
+    ("adaptive_ece", "adaptive ECE (%)", 100.0),
+    ("classwise_ece", "classwise ECE (%)", 100.0),
+    ("mce", "MCE (%)", 100.0),
+    ("calibration_gap", "conf - acc (%)", 100.0),
+    ("nll", "NLL", 1.0),
+    ("brier", "Brier", 1.0),
+    ("auroc_macro", "AUROC (macro)", 1.0),
+)
+
+
+def metrics_table(rows: dict[str, dict[str, float]]) -> str:
+  """A Markdown table: one row per named metric dict, the columns above."""
+  head = "| | " + " | ".join(name for _, name, _ in TABLE_METRICS) + " |"
+  sep = "|---" * (len(TABLE_METRICS) + 1) + "|"
+  lines = [head, sep]
+  for label, m in rows.items():
+    cells = []
+    for key, _, scale in TABLE_METRICS:
+      v = m.get(key)
+      cells.append("n/a" if v is None or not np.isfinite(v) else
+                   (f"{v * scale:.2f}" if scale != 1.0 else f"{v:.4f}"))
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _curve(logits: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[str, Any]:
+  sums = metrics_lib.eval_sums(jnp.asarray(logits), jnp.asarray(labels),
+                               jnp.ones(len(labels), jnp.float32), num_bins=num_bins)
+  return metrics_lib.reliability_curve(jax.device_get(sums))
+
+
+def write_report(workdir: pathlib.Path, config, summary: dict[str, Any], *,
+                 test_out: dict[str, np.ndarray], temperature: float,
+                 soft_labels: Optional[np.ndarray], figures: bool = True,
+                 tsne_samples: int = 1000) -> None:
+  """Writes ``report.md`` and, if ``figures``, the PNG figures of a run."""
+  workdir = pathlib.Path(workdir)
+  fig_dir = workdir / "figures"
+  fig_dir.mkdir(exist_ok=True)
+  names = summary["class_names"]
+  method = summary["method"]
+  made = []
+  if figures:
+    curve = _curve(test_out["logits"], test_out["label"], config.num_bins)
+    made.append(plots.reliability_diagram(
+        curve, fig_dir / "reliability_test.png",
+        title=f"{method} / {summary['model']}: test reliability"))
+    scaled = np.asarray(calibration.apply_temperature(test_out["logits"], temperature))
+    made.append(plots.reliability_diagram(
+        _curve(scaled, test_out["label"], config.num_bins),
+        fig_dir / "reliability_test_ts.png",
+        title=f"{method}: test reliability after temperature scaling (T={temperature:.2f})"))
+    records = [r for r in read_metrics(workdir / "metrics.jsonl") if "eval/ece" in r]
+    if records:
+      made.append(plots.training_curves(records, fig_dir / "training_curves.png",
+                                        title=f"{method} / {summary['model']}"))
+    if soft_labels is not None and summary["soft_label_row_entropy"]:
+      made.append(plots.soft_label_heatmap(
+          soft_labels, names, fig_dir / "soft_labels.png",
+          title=f"OLS soft labels after epoch {summary['num_epochs']}"))
+      made.append(plots.row_entropy_curve(
+          np.asarray(summary["soft_label_row_entropy"]), fig_dir / "soft_label_entropy.png"))
+    if tsne_samples > 0 and len(test_out["label"]) >= 10:
+      coords, idx = embeddings_lib.tsne_2d(test_out["embedding"], seed=summary["seed"],
+                                           max_samples=tsne_samples)
+      made.append(plots.tsne_scatter(coords, test_out["label"][idx], names,
+                                     fig_dir / "tsne_test.png",
+                                     title=f"t-SNE of test embeddings ({method})"))
+  emb = summary["embedding"]
+  lines = [
+      f"# {method} / {summary['model']} on {summary['dataset']}",
+      "",
+      f"Seed {summary['seed']}, {summary['num_epochs']} epochs, selected epoch "
+      f"{summary['best_epoch']} by validation {summary['select_metric']}; "
+      f"{summary['device_count']} x {summary['device_kind']}; wall time "
+      f"{summary['wall_time_s']:.0f} s. Split sizes: {summary['split_sizes']}.",
+      "",
+      "## Test metrics (the test split is evaluated once, with the selected checkpoint)",
+      "",
+      metrics_table({"test": summary["test"],
+                     f"test, temperature-scaled (T={summary['temperature']:.3f}, fit on val)":
+                         summary["test_ts"],
+                     "val (selection split)": summary["val"]}),
+      "",
+      "ECE: top-label, equal-width bins `[lo, hi)` with the last bin closed; "
+      "adaptive ECE: equal-mass bins; conf - acc > 0 means over-confident.",
+      "",
+      "## Embeddings (penultimate layer, test split)",
+      "",
+      f"silhouette {emb['silhouette']:.4f}, {emb.get('k', 5)}-NN accuracy "
+      f"{emb['knn_accuracy']:.4f}, intra/inter-class distance ratio "
+      f"{emb['intra_inter_ratio']:.4f}.",
+      "",
+      "## Settings",
+      "",
+      "```",
+      config.to_json_best_effort(indent=2) if hasattr(config, "to_json_best_effort") else str(config),
+      "```",
+  ]
+  if made:
+    lines += ["", "## Figures", ""]
+    lines += [f"![{pathlib.Path(p).stem}](figures/{pathlib.Path(p).name})" for p in made]
+  tmp = workdir / "report.md.tmp"
+  tmp.write_text("\n".join(lines) + "\n")
+  tmp.replace(workdir / "report.md")

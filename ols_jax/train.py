@@ -1,0 +1,444 @@
+"""Training and evaluation loop: ``train_and_evaluate(config, workdir)``.
+
+One loop for every method (``ce``, ``ls``, ``tfkd``, ``kd``, ``ols``). Model
+selection uses the validation split only; the test split is evaluated once, at
+the end, with the selected checkpoint. A rerun on the same workdir resumes
+exactly where the last checkpoint left off (the checkpoint holds the
+TrainState, including S and the OLS sums, the input position and the running
+epoch metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ols_jax import calibration
+from ols_jax import checkpointing
+from ols_jax import config as config_lib
+from ols_jax import data as data_lib
+from ols_jax import embeddings as embeddings_lib
+from ols_jax import metrics as metrics_lib
+from ols_jax import models
+from ols_jax import ols
+from ols_jax import parallel
+from ols_jax import report as report_lib
+from ols_jax import train_state as train_state_lib
+from ols_jax.logging_utils import MetricWriter, Progress
+
+
+class TrainingDivergedError(RuntimeError):
+  """The loss or gradient norm became non-finite."""
+
+
+# ----------------------------------------------------------------------------
+# Building blocks.
+# ----------------------------------------------------------------------------
+
+
+def make_model(config, num_classes: int, bn_axis_name: Optional[str] = None):
+  """The configured model."""
+  options = dict(small_input=bool(config.small_input),
+                 width_multiplier=float(config.width_multiplier),
+                 dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32)
+  if config.dropout_rate >= 0 and config.model.startswith(("vgg", "mobilenet")):
+    options["dropout_rate"] = float(config.dropout_rate)
+  if config.zero_init_residual and config.model.startswith("resnet"):
+    options["zero_init_residual"] = True
+  if bn_axis_name is not None:
+    options["bn_axis_name"] = bn_axis_name
+  return models.create(config.model, num_classes, **options)
+
+
+def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """Warm-up then cosine, step (x0.1 at 50% and 75%) or constant."""
+  total = config.num_epochs * steps_per_epoch
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  base = config.learning_rate
+  if config.schedule == "cosine":
+    main = optax.cosine_decay_schedule(base, max(total - warmup, 1))
+  elif config.schedule == "step":
+    main = optax.piecewise_constant_schedule(
+        base, {int(0.5 * total) - warmup: 0.1, int(0.75 * total) - warmup: 0.1})
+  else:
+    main = optax.constant_schedule(base)
+  if warmup == 0:
+    return main
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, base, warmup), main], [warmup])
+
+
+def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """SGD (momentum, coupled L2 weight decay as in PyTorch) or AdamW."""
+  if config.optimizer == "sgd":
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(schedule, momentum=config.momentum or None,
+                  nesterov=bool(config.nesterov)))
+  return optax.adamw(schedule, weight_decay=config.weight_decay)
+
+
+def _dataset(config) -> data_lib.Dataset:
+  return data_lib.load_dataset(
+      config.dataset, image_size=config.image_size,
+      data_dir=config.data_dir or None, manual_dir=config.manual_dir or None)
+
+
+def _check_workdir(workdir: pathlib.Path) -> None:
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / ".write_probe"
+    probe.write_bytes(b"0" * 4096)
+    probe.unlink()
+  except OSError as e:
+    raise config_lib.ConfigError(
+        f"workdir {workdir}: not writable ({e.strerror or e})") from None
+
+
+def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
+  os.replace(tmp, path)
+
+
+def _json_default(x):
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def _check_config_against_workdir(config, workdir: pathlib.Path) -> None:
+  path = workdir / "config.json"
+  current = json.loads(config.to_json_best_effort())
+  if path.exists():
+    saved = json.loads(path.read_text())
+    diff = config_lib.result_affecting_differences(saved, current)
+    if diff and not config.allow_config_change:
+      detail = ", ".join(f"{k} ({saved.get(k)!r} -> {current.get(k)!r})" for k in diff)
+      raise config_lib.ConfigError(
+          f"workdir {workdir} holds a run with a different config: {detail}; "
+          f"use a new workdir or pass --config.allow_config_change=True")
+  _write_json_atomic(path, current)
+
+
+# ----------------------------------------------------------------------------
+# Evaluation.
+# ----------------------------------------------------------------------------
+
+
+def evaluate(eval_fn, state, source, config, mesh, *, with_outputs: bool,
+             channels: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """Runs the eval step over a whole split.
+
+  Returns:
+    ``(metrics, outputs)``: finalised metrics and, if requested, per-example
+    ``logits``, ``embedding`` and ``label`` (padding removed).
+  """
+  it = data_lib.eval_iterator(
+      source, global_batch_size=config.eval_batch_size,
+      image_size=config.image_size, channels=channels,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_workers=config.num_workers)
+  total = None
+  logits, embs, labels = [], [], []
+  for batch in it:
+    host_labels, host_mask = batch["label"], batch["mask"]
+    sums, out = eval_fn(state, parallel.put_batch(batch, mesh))
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    if with_outputs:
+      keep = host_mask > 0
+      logits.append(np.asarray(jax.device_get(out["logits"]))[keep])
+      embs.append(np.asarray(jax.device_get(out["embedding"]))[keep])
+      labels.append(host_labels[keep])
+  it.close()
+  result = metrics_lib.finalize(jax.device_get(total))
+  outputs = {}
+  if with_outputs:
+    outputs = {"logits": np.concatenate(logits), "embedding": np.concatenate(embs),
+               "label": np.concatenate(labels).astype(np.int64)}
+  return result, outputs
+
+
+def full_metrics(logits: np.ndarray, labels: np.ndarray, num_bins: int,
+                 temperature: float = 1.0) -> dict[str, float]:
+  """Every metric from per-example logits (device sums + host-only ones)."""
+  scaled = calibration.apply_temperature(logits, temperature)
+  sums = jax.jit(metrics_lib.eval_sums, static_argnames="num_bins")(
+      jnp.asarray(scaled), jnp.asarray(labels),
+      jnp.ones(len(labels), jnp.float32), num_bins=num_bins)
+  out = metrics_lib.finalize(jax.device_get(sums))
+  probs = np.asarray(jax.nn.softmax(jnp.asarray(scaled, jnp.float32), axis=-1))
+  host = metrics_lib.host_metrics(probs, labels, num_bins=num_bins)
+  out.update({k: host[k] for k in ("adaptive_ece", "auroc_macro")})
+  return {k: float(v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------
+# Teacher for KD.
+# ----------------------------------------------------------------------------
+
+
+def load_teacher(config, num_classes: int, channels: int):
+  """Restores the selected checkpoint of another run as a KD teacher.
+
+  Returns:
+    ``(teacher_apply, teacher_variables)``.
+  """
+  tdir = pathlib.Path(config.teacher_workdir)
+  cfg_path = tdir / "config.json"
+  if not cfg_path.exists():
+    raise config_lib.ConfigError(
+        f"config.teacher_workdir: no config.json in {tdir} (expected a finished run)")
+  tcfg = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+  teacher_model = make_model(tcfg, num_classes)
+  abstract = jax.eval_shape(lambda: teacher_model.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, tcfg.image_size, tcfg.image_size, channels)),
+      train=False))
+  variables = checkpointing.restore_teacher_variables(tdir, abstract, num_classes)
+  return teacher_model.apply, variables
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------
+
+
+def _device_setup(config):
+  devices = jax.devices()
+  if config.num_devices:
+    if config.num_devices > len(devices):
+      raise config_lib.ConfigError(
+          f"config.num_devices: asked for {config.num_devices}, "
+          f"only {len(devices)} available")
+    devices = devices[:config.num_devices]
+  parallel.check_batch_size(config.batch_size, len(devices))
+  parallel.check_batch_size(config.eval_batch_size, len(devices))
+  return devices
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str | os.PathLike):
+  """Trains, selects on validation, tests once, and writes every artifact.
+
+  Args:
+    config: an experiment config (see :mod:`ols_jax.config`).
+    workdir: output folder; an existing run there is resumed.
+
+  Returns:
+    ``(state, summary)``: the selected (best-validation) TrainState and the
+    dict written to ``results.json``.
+  """
+  start_time = time.time()
+  config_lib.validate(config)
+  workdir = pathlib.Path(workdir)
+  _check_workdir(workdir)
+  if config.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+  dataset = _dataset(config)
+  info = dataset.info
+  k = info.num_classes
+  channels = config.channels
+  for split in ("train", "val", "test"):
+    if split not in dataset.splits or len(dataset.splits[split]) == 0:
+      raise data_lib.DataError(f"dataset {info.name}: split {split!r} is missing or empty")
+  devices = _device_setup(config)
+  _check_config_against_workdir(config, workdir)
+
+  mesh = parallel.make_mesh(devices)
+  n_train = len(dataset.splits["train"])
+  steps_per_epoch = data_lib.steps_per_epoch(n_train, config.batch_size)
+  if steps_per_epoch == 0:
+    raise config_lib.ConfigError(
+        f"config.batch_size: {config.batch_size} is larger than the training split "
+        f"({n_train} examples)")
+  total_steps = steps_per_epoch * config.num_epochs
+  spec = config_lib.loss_spec(config, k)
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  model = make_model(config, k)
+  rng = jax.random.PRNGKey(config.seed)
+  state = train_state_lib.create(
+      model, make_optimizer(config, schedule),
+      input_shape=(config.image_size, config.image_size, channels),
+      num_classes=k, rng=rng, ols_init=config.ols_init, ols_eps=config.ols_eps)
+
+  teacher_apply, teacher_vars = None, None
+  if spec.needs_teacher:
+    teacher_apply, teacher_vars = load_teacher(config, k, channels)
+    teacher_vars = parallel.replicate_on_mesh(teacher_vars, mesh)
+
+  ckpt = checkpointing.Checkpointer(workdir, config)
+  progress_meta = {"epoch": 0, "step_in_epoch": 0, "best": None, "best_epoch": -1,
+                   "epoch_sums": None, "entropy_history": [], "finished": False}
+  restored = ckpt.restore_last(state)
+  if restored is not None:
+    state, progress_meta = restored
+    checkpointing.check_compatible(state, model_name=config.model, num_classes=k)
+
+  writer = MetricWriter(workdir / "metrics.jsonl", truncate_after_step=int(state.step))
+  state = parallel.replicate_on_mesh(state, mesh)
+  train_fn = parallel.jit_train_step(spec, mesh, teacher_apply=teacher_apply)
+  eval_fn = parallel.jit_eval_step(mesh, config.num_bins, with_outputs=False)
+  eval_out_fn = parallel.jit_eval_step(mesh, config.num_bins, with_outputs=True)
+  boundary_fn = parallel.jit_epoch_boundary(mesh, spec.freeze_threshold)
+  soft_dir = workdir / "soft_labels"
+  soft_dir.mkdir(exist_ok=True)
+  if not (soft_dir / "epoch_000_initial.npy").exists():
+    np.save(soft_dir / "epoch_000_initial.npy", np.asarray(jax.device_get(state.ols.soft_labels)))
+
+  progress = Progress(total_steps, enabled=config.progress, stream=sys.stderr)
+  epoch, start_step = progress_meta["epoch"], progress_meta["step_in_epoch"]
+  train_args = (teacher_vars,) if spec.needs_teacher else ()
+  zero = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "finite": 1.0}
+  while epoch < config.num_epochs and not progress_meta["finished"]:
+    epoch_sums = progress_meta["epoch_sums"] or dict(zero)
+    epoch_sums = {k_: jnp.asarray(v, jnp.float32) for k_, v in epoch_sums.items()}
+    it = data_lib.train_iterator(
+        dataset.splits["train"], global_batch_size=config.batch_size,
+        image_size=config.image_size, channels=channels, seed=config.seed,
+        augment=config.augment, epoch=epoch, start_step=start_step,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        num_workers=config.num_workers)
+    window = dict(zero)
+    window = {k_: jnp.asarray(v, jnp.float32) for k_, v in window.items()}
+    window_start = time.time()
+    window_steps = 0
+    for step_in_epoch in range(start_step, steps_per_epoch):
+      batch = next(it)
+      state, m = train_fn(state, parallel.put_batch(batch, mesh), *train_args)
+      finite = jnp.isfinite(m["loss_sum"]) & jnp.isfinite(m["grad_norm"])
+      step_sums = {"loss_sum": m["loss_sum"], "correct": m["correct"],
+                   "count": m["count"], "finite": finite.astype(jnp.float32)}
+      epoch_sums = _merge(epoch_sums, step_sums)
+      window = _merge(window, step_sums)
+      window_steps += 1
+      global_step = epoch * steps_per_epoch + step_in_epoch + 1
+      progress.update(global_step, config.batch_size)
+      last_in_epoch = step_in_epoch + 1 == steps_per_epoch
+      if config.log_every_steps and global_step % config.log_every_steps == 0:
+        w = jax.device_get(window)
+        _check_finite(w, global_step, epoch)
+        dt = max(time.time() - window_start, 1e-9)
+        writer.write({"step": global_step, "epoch": epoch + (step_in_epoch + 1) / steps_per_epoch,
+                      "train/loss": w["loss_sum"] / max(w["count"], 1),
+                      "train/accuracy": w["correct"] / max(w["count"], 1),
+                      "learning_rate": float(schedule(global_step - 1)),
+                      "steps_per_second": window_steps / dt,
+                      "images_per_second": window_steps * config.batch_size / dt})
+        window = {k_: jnp.zeros((), jnp.float32) for k_ in zero}
+        window["finite"] = jnp.ones((), jnp.float32)
+        window_start, window_steps = time.time(), 0
+      if (config.checkpoint_every_steps and not last_in_epoch
+          and global_step % config.checkpoint_every_steps == 0):
+        host_sums = jax.device_get(epoch_sums)
+        _check_finite(host_sums, global_step, epoch)
+        ckpt.save_last(global_step, state, dict(
+            progress_meta, epoch=epoch, step_in_epoch=step_in_epoch + 1,
+            epoch_sums={k_: float(v) for k_, v in host_sums.items()}))
+    it.close()
+    host_sums = jax.device_get(epoch_sums)
+    _check_finite(host_sums, int(state.step), epoch)
+
+    # Epoch boundary: the next S from this epoch's sums.
+    if spec.uses_ols:
+      state = boundary_fn(state)
+      soft = np.asarray(jax.device_get(state.ols.soft_labels))
+      np.save(soft_dir / f"epoch_{epoch + 1:03d}.npy", soft)
+      progress_meta["entropy_history"].append(
+          np.asarray(ols.row_entropy(soft)).tolist())
+    val, _ = evaluate(eval_fn, state, dataset.splits["val"], config, mesh,
+                      with_outputs=False, channels=channels)
+    record = {"step": int(state.step), "epoch": epoch + 1,
+              "train/loss": host_sums["loss_sum"] / max(host_sums["count"], 1),
+              "train/accuracy": host_sums["correct"] / max(host_sums["count"], 1),
+              "learning_rate": float(schedule(int(state.step) - 1))}
+    record.update({f"eval/{k_}": v for k_, v in val.items()})
+    if spec.uses_ols:
+      record["ols/mean_row_entropy"] = float(np.mean(progress_meta["entropy_history"][-1]))
+    writer.write(record)
+    progress.message(
+        f"epoch {epoch + 1}/{config.num_epochs}: train loss {record['train/loss']:.4f} "
+        f"acc {record['train/accuracy']:.4f} | val top1 err {val['top1_error']:.4f} "
+        f"ece {val['ece']:.4f} nll {val['nll']:.4f}")
+    score = val[config.select_metric]
+    improved = progress_meta["best"] is None or score < progress_meta["best"]
+    epoch += 1
+    start_step = 0
+    progress_meta.update(epoch=epoch, step_in_epoch=0, epoch_sums=None)
+    if improved:
+      progress_meta.update(best=float(score), best_epoch=epoch)
+    progress_meta["finished"] = epoch >= config.num_epochs
+    if improved:
+      ckpt.save_best(int(state.step), state, progress_meta)
+    ckpt.save_last(int(state.step), state, progress_meta)
+  progress.close()
+  ckpt.wait()
+
+  # ---- Final evaluation with the selected checkpoint. ------------------------
+  summary_path = workdir / "results.json"
+  if summary_path.exists():
+    summary = json.loads(summary_path.read_text())
+    if summary.get("final_step") == int(jax.device_get(state.step)):
+      best_state = ckpt.restore_best(jax.device_get(state))
+      writer.close()
+      return best_state, summary
+  last_soft = np.asarray(jax.device_get(state.ols.soft_labels))
+  best_state = ckpt.restore_best(jax.device_get(state))
+  best_state = parallel.replicate_on_mesh(best_state, mesh)
+  _, val_out = evaluate(eval_out_fn, best_state, dataset.splits["val"], config, mesh,
+                        with_outputs=True, channels=channels)
+  temperature = calibration.fit_temperature(val_out["logits"], val_out["label"])
+  _, test_out = evaluate(eval_out_fn, best_state, dataset.splits["test"], config, mesh,
+                         with_outputs=True, channels=channels)
+  test = full_metrics(test_out["logits"], test_out["label"], config.num_bins)
+  test_ts = full_metrics(test_out["logits"], test_out["label"], config.num_bins,
+                         temperature)
+  val_metrics = full_metrics(val_out["logits"], val_out["label"], config.num_bins)
+  emb = embeddings_lib.embedding_metrics(test_out["embedding"], test_out["label"],
+                                         seed=config.seed)
+  summary = {
+      "dataset": info.name, "class_names": list(info.class_names), "num_classes": k,
+      "split_sizes": {s: len(dataset.splits[s]) for s in ("train", "val", "test")},
+      "model": config.model, "method": config.method, "seed": config.seed,
+      "num_epochs": config.num_epochs, "best_epoch": progress_meta["best_epoch"],
+      "select_metric": config.select_metric, "final_step": int(jax.device_get(state.step)),
+      "device_count": len(devices), "device_kind": devices[0].device_kind,
+      "process_count": jax.process_count(),
+      "wall_time_s": time.time() - start_time,
+      "temperature": float(temperature),
+      "val": val_metrics, "test": test, "test_ts": test_ts, "embedding": emb,
+      "soft_label_row_entropy": progress_meta["entropy_history"],
+  }
+  report_lib.write_report(workdir, config, summary, test_out=test_out,
+                          temperature=temperature, soft_labels=last_soft,
+                          figures=config.figures, tsne_samples=config.tsne_samples)
+  _write_json_atomic(summary_path, summary)
+  writer.close()
+  return best_state, summary
+
+
+def _merge(a, b):
+  out = {k: a[k] + b[k] for k in ("loss_sum", "correct", "count")}
+  out["finite"] = a["finite"] * b["finite"]
+  return out
+
+
+def _check_finite(sums: dict, step: int, epoch: int) -> None:
+  if not (float(sums["finite"]) > 0 and math.isfinite(float(sums["loss_sum"]))):
+    raise TrainingDivergedError(
+        f"non-finite loss or gradient norm at or before step {step} (epoch {epoch + 1}); "
+        f"the last good checkpoint is kept: lower the learning rate and rerun")

@@ -4,13 +4,24 @@ Two managers under ``<workdir>/checkpoints``: ``last`` (the newest two, saved
 at epoch ends and optionally every N steps) and ``best`` (the best by the
 validation metric). Orbax writes each checkpoint to a temporary folder and
 renames it when complete, so a checkpoint interrupted while being written is
-never picked up. Saves are synchronous: when ``save_*`` returns, the
-checkpoint is on disk.
+never picked up (leftover temporary folders are removed on the next start).
+Saves are synchronous: when ``save_*`` returns, the checkpoint is on disk. A
+state with a non-finite value is never written.
+
+Test-only crash hook: with ``OLS_JAX_TEST_CRASH_AT=<point>:<n>`` in the
+environment, :func:`crash_point` kills the process with SIGKILL at that point
+(``step:<global step>``, ``epoch_end:<epoch>``, ``final:0``, or
+``checkpoint_write:<step>``: after orbax has written the temporary folder of
+checkpoint ``<step>`` but before renaming it). The reliability tests use it to
+check that a run killed there resumes exactly; it has no other use.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import pathlib
+import signal
 from typing import Any, Optional
 
 import jax
@@ -18,6 +29,42 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ols_jax.config import ConfigError
+
+CRASH_ENV_VAR = "OLS_JAX_TEST_CRASH_AT"
+
+
+def crash_point(point: str, n: int) -> None:
+  """Test-only: SIGKILLs this process if ``OLS_JAX_TEST_CRASH_AT == point:n``."""
+  if os.environ.get(CRASH_ENV_VAR) == f"{point}:{int(n)}":
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _install_checkpoint_write_crash() -> None:
+  """Test-only: makes orbax die before renaming the chosen checkpoint."""
+  point, _, n = os.environ.get(CRASH_ENV_VAR, "").partition(":")
+  if point != "checkpoint_write":
+    return
+  from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
+  cls = atomicity.AtomicRenameTemporaryPath
+  if getattr(cls, "_ols_jax_crash_hook", False):
+    return
+  finalize = cls.finalize
+
+  async def finalize_or_crash(self, *args, **kwargs):
+    if self.get_final().name == n:
+      os.kill(os.getpid(), signal.SIGKILL)
+    return await finalize(self, *args, **kwargs)
+
+  cls.finalize = finalize_or_crash
+  cls._ols_jax_crash_hook = True  # pylint: disable=protected-access
+
+
+def _check_finite_tree(tree, step: int) -> None:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    leaf = np.asarray(leaf)
+    if np.issubdtype(leaf.dtype, np.inexact) and not np.all(np.isfinite(leaf)):
+      raise ValueError(f"refusing to write checkpoint {step}: "
+                       f"{jax.tree_util.keystr(path)} has non-finite values")
 
 
 def _savable(state) -> dict[str, Any]:
@@ -48,22 +95,32 @@ class Checkpointer:
 
   def __init__(self, workdir: pathlib.Path, config=None):
     del config
+    _install_checkpoint_write_crash()
     root = pathlib.Path(workdir).resolve() / "checkpoints"
     self._root = root
     self._last = ocp.CheckpointManager(
         root / "last", options=ocp.CheckpointManagerOptions(
-            max_to_keep=2, create=True, enable_async_checkpointing=False))
+            max_to_keep=2, create=True, enable_async_checkpointing=False,
+            cleanup_tmp_directories=True))
     self._best = ocp.CheckpointManager(
         root / "best", options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, enable_async_checkpointing=False))
+            max_to_keep=1, create=True, enable_async_checkpointing=False,
+            cleanup_tmp_directories=True))
 
   def _save(self, manager, step: int, state, meta: dict) -> None:
-    if step in manager.all_steps():
-      manager.delete(step)
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_savable(jax.device_get(state))),
-        meta=ocp.args.JsonSave(meta)))
-    manager.wait_until_finished()
+    tree = _savable(jax.device_get(state))
+    _check_finite_tree(tree, step)
+    try:
+      if step in manager.all_steps():
+        manager.delete(step)
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+      manager.wait_until_finished()
+    except OSError as e:
+      raise OSError(e.errno or errno.EIO,
+                    f"cannot write checkpoint {manager.directory / str(step)}: "
+                    f"{e.strerror or e}; the previous checkpoint is kept"
+                    ) from None
 
   def save_last(self, step: int, state, meta: dict) -> None:
     self._save(self._last, step, state, meta)

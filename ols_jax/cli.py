@@ -21,6 +21,8 @@ def run_main(config, workdir: str, *, debug: bool = False) -> int:
     if debug:
       raise
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if isinstance(e, OSError) and e.strerror:  # no "[Errno N]" prefix
+      message = e.strerror + (f": {e.filename}" if e.filename else "")
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
   test = summary["test"]

@@ -155,3 +155,26 @@ def result_affecting_differences(saved: dict, current: dict) -> list[str]:
   """Names of fields whose values differ and that change results."""
   keys = (set(saved) | set(current)) - RESUMABLE_FIELDS
   return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def cpu_config(dataset: str, *, image_size: int = 28, channels: int = 1,
+               num_epochs: int = 15) -> ml_collections.ConfigDict:
+  """A CPU-scale config on one of the shared real datasets.
+
+  ResNet-18 with the small-input stem at width 0.25 (about 0.7M parameters),
+  SGD momentum 0.9, lr 0.05 with cosine decay, batch 128, crop+flip.
+  """
+  c = base_config()
+  c.dataset = dataset
+  c.image_size = image_size
+  c.channels = channels
+  c.model = "resnet18"
+  c.width_multiplier = 0.25
+  c.small_input = True
+  c.num_epochs = num_epochs
+  c.batch_size = 128
+  c.eval_batch_size = 512
+  c.learning_rate = 0.05
+  c.weight_decay = 5e-4
+  c.log_every_steps = 50
+  return c

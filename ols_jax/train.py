@@ -42,6 +42,11 @@ class TrainingDivergedError(RuntimeError):
   """The loss or gradient norm became non-finite."""
 
 
+# Test-only: the global step whose input batch is replaced by NaNs, to check
+# that divergence is caught (tests/test_reliability.py); unset in real runs.
+_NAN_ENV_VAR = "OLS_JAX_TEST_NAN_AT_STEP"
+
+
 # ----------------------------------------------------------------------------
 # Building blocks.
 # ----------------------------------------------------------------------------
@@ -106,6 +111,12 @@ def _check_workdir(workdir: pathlib.Path) -> None:
         f"workdir {workdir}: not writable ({e.strerror or e})") from None
 
 
+def _save_npy_atomic(path: pathlib.Path, array: np.ndarray) -> None:
+  tmp = path.with_name(path.name + ".tmp.npy")
+  np.save(tmp, array)
+  os.replace(tmp, path)
+
+
 def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
@@ -120,18 +131,27 @@ def _json_default(x):
   raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
-def _check_config_against_workdir(config, workdir: pathlib.Path) -> None:
+def _check_config_against_workdir(config, workdir: pathlib.Path,
+                                  write: bool = True) -> None:
+  """Refuses a workdir whose saved config differs in a result-changing field.
+
+  With ``write``, then saves the current config as ``config.json``.
+  """
   path = workdir / "config.json"
   current = json.loads(config.to_json_best_effort())
   if path.exists():
-    saved = json.loads(path.read_text())
+    try:
+      saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise config_lib.ConfigError(f"{path}: unreadable ({e})") from None
     diff = config_lib.result_affecting_differences(saved, current)
     if diff and not config.allow_config_change:
       detail = ", ".join(f"{k} ({saved.get(k)!r} -> {current.get(k)!r})" for k in diff)
       raise config_lib.ConfigError(
           f"workdir {workdir} holds a run with a different config: {detail}; "
           f"use a new workdir or pass --config.allow_config_change=True")
-  _write_json_atomic(path, current)
+  if write:
+    _write_json_atomic(path, current)
 
 
 # ----------------------------------------------------------------------------
@@ -244,7 +264,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start_time = time.time()
   config_lib.validate(config)
   workdir = pathlib.Path(workdir)
-  _check_workdir(workdir)
   if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
@@ -257,7 +276,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if split not in dataset.splits or len(dataset.splits[split]) == 0:
       raise data_lib.DataError(f"dataset {info.name}: split {split!r} is missing or empty")
   devices = _device_setup(config)
-  _check_config_against_workdir(config, workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise config_lib.ConfigError(f"workdir {workdir}: exists and is not a folder")
+  if workdir.is_dir():
+    _check_config_against_workdir(config, workdir, write=False)
 
   mesh = parallel.make_mesh(devices)
   n_train = len(dataset.splits["train"])
@@ -281,13 +303,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     teacher_apply, teacher_vars = load_teacher(config, k, channels)
     teacher_vars = parallel.replicate_on_mesh(teacher_vars, mesh)
 
+  # Everything is validated and loaded: only now is the workdir written to.
+  _check_workdir(workdir)
   ckpt = checkpointing.Checkpointer(workdir, config)
   progress_meta = {"epoch": 0, "step_in_epoch": 0, "best": None, "best_epoch": -1,
-                   "epoch_sums": None, "entropy_history": [], "finished": False}
+                   "epoch_sums": None, "window_sums": None, "entropy_history": [],
+                   "finished": False}
   restored = ckpt.restore_last(state)
   if restored is not None:
     state, progress_meta = restored
     checkpointing.check_compatible(state, model_name=config.model, num_classes=k)
+  _check_config_against_workdir(config, workdir)
 
   writer = MetricWriter(workdir / "metrics.jsonl", truncate_after_step=int(state.step))
   state = parallel.replicate_on_mesh(state, mesh)
@@ -298,7 +324,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   soft_dir = workdir / "soft_labels"
   soft_dir.mkdir(exist_ok=True)
   if not (soft_dir / "epoch_000_initial.npy").exists():
-    np.save(soft_dir / "epoch_000_initial.npy", np.asarray(jax.device_get(state.ols.soft_labels)))
+    _save_npy_atomic(soft_dir / "epoch_000_initial.npy",
+                     np.asarray(jax.device_get(state.ols.soft_labels)))
 
   progress = Progress(total_steps, enabled=config.progress, stream=sys.stderr)
   epoch, start_step = progress_meta["epoch"], progress_meta["step_in_epoch"]
@@ -313,25 +340,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         augment=config.augment, epoch=epoch, start_step=start_step,
         process_index=jax.process_index(), process_count=jax.process_count(),
         num_workers=config.num_workers)
-    window = dict(zero)
+    # A mid-epoch checkpoint also holds the sums since the last log line, so
+    # the next line after a resume equals that of an uninterrupted run.
+    window = progress_meta.get("window_sums") or dict(zero)
     window = {k_: jnp.asarray(v, jnp.float32) for k_, v in window.items()}
+    first_bad = jnp.zeros((), jnp.int32)  # first non-finite global step, 0: none.
     window_start = time.time()
     window_steps = 0
     for step_in_epoch in range(start_step, steps_per_epoch):
       batch = next(it)
-      state, m = train_fn(state, parallel.put_batch(batch, mesh), *train_args)
-      finite = jnp.isfinite(m["loss_sum"]) & jnp.isfinite(m["grad_norm"])
-      step_sums = {"loss_sum": m["loss_sum"], "correct": m["correct"],
-                   "count": m["count"], "finite": finite.astype(jnp.float32)}
-      epoch_sums = _merge(epoch_sums, step_sums)
-      window = _merge(window, step_sums)
-      window_steps += 1
       global_step = epoch * steps_per_epoch + step_in_epoch + 1
+      if os.environ.get(_NAN_ENV_VAR) == str(global_step):
+        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      state, m = train_fn(state, parallel.put_batch(batch, mesh), *train_args)
+      epoch_sums, window, first_bad = _accumulate(
+          epoch_sums, window, first_bad, m, global_step)
+      window_steps += 1
       progress.update(global_step, config.batch_size)
       last_in_epoch = step_in_epoch + 1 == steps_per_epoch
       if config.log_every_steps and global_step % config.log_every_steps == 0:
         w = jax.device_get(window)
-        _check_finite(w, global_step, epoch)
+        _check_finite(w, first_bad, global_step, steps_per_epoch)
         dt = max(time.time() - window_start, 1e-9)
         writer.write({"step": global_step, "epoch": epoch + (step_in_epoch + 1) / steps_per_epoch,
                       "train/loss": w["loss_sum"] / max(w["count"], 1),
@@ -345,19 +374,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if (config.checkpoint_every_steps and not last_in_epoch
           and global_step % config.checkpoint_every_steps == 0):
         host_sums = jax.device_get(epoch_sums)
-        _check_finite(host_sums, global_step, epoch)
+        _check_finite(host_sums, first_bad, global_step, steps_per_epoch)
         ckpt.save_last(global_step, state, dict(
             progress_meta, epoch=epoch, step_in_epoch=step_in_epoch + 1,
-            epoch_sums={k_: float(v) for k_, v in host_sums.items()}))
+            epoch_sums={k_: float(v) for k_, v in host_sums.items()},
+            window_sums={k_: float(v) for k_, v in jax.device_get(window).items()}))
+      checkpointing.crash_point("step", global_step)
     it.close()
     host_sums = jax.device_get(epoch_sums)
-    _check_finite(host_sums, int(state.step), epoch)
+    _check_finite(host_sums, first_bad, int(state.step), steps_per_epoch)
 
     # Epoch boundary: the next S from this epoch's sums.
     if spec.uses_ols:
       state = boundary_fn(state)
       soft = np.asarray(jax.device_get(state.ols.soft_labels))
-      np.save(soft_dir / f"epoch_{epoch + 1:03d}.npy", soft)
+      _save_npy_atomic(soft_dir / f"epoch_{epoch + 1:03d}.npy", soft)
       progress_meta["entropy_history"].append(
           np.asarray(ols.row_entropy(soft)).tolist())
     val, _ = evaluate(eval_fn, state, dataset.splits["val"], config, mesh,
@@ -376,9 +407,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f"ece {val['ece']:.4f} nll {val['nll']:.4f}")
     score = val[config.select_metric]
     improved = progress_meta["best"] is None or score < progress_meta["best"]
+    checkpointing.crash_point("epoch_end", epoch + 1)
     epoch += 1
     start_step = 0
-    progress_meta.update(epoch=epoch, step_in_epoch=0, epoch_sums=None)
+    progress_meta.update(epoch=epoch, step_in_epoch=0, epoch_sums=None,
+                         window_sums=None)
     if improved:
       progress_meta.update(best=float(score), best_epoch=epoch)
     progress_meta["finished"] = epoch >= config.num_epochs
@@ -421,14 +454,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "wall_time_s": time.time() - start_time,
       "temperature": float(temperature),
       "val": val_metrics, "test": test, "test_ts": test_ts, "embedding": emb,
+      "test_reliability": _curve_lists(test_out, config.num_bins, 1.0),
+      "test_ts_reliability": _curve_lists(test_out, config.num_bins, temperature),
       "soft_label_row_entropy": progress_meta["entropy_history"],
   }
   report_lib.write_report(workdir, config, summary, test_out=test_out,
                           temperature=temperature, soft_labels=last_soft,
                           figures=config.figures, tsne_samples=config.tsne_samples)
+  checkpointing.crash_point("final", 0)
   _write_json_atomic(summary_path, summary)
   writer.close()
   return best_state, summary
+
+
+def _curve_lists(outputs, num_bins: int, temperature: float) -> dict[str, Any]:
+  """The reliability curve of per-example outputs, JSON-ready."""
+  scaled = calibration.apply_temperature(outputs["logits"], temperature)
+  sums = metrics_lib.eval_sums(jnp.asarray(scaled), jnp.asarray(outputs["label"]),
+                               None, num_bins=num_bins)
+  curve = metrics_lib.reliability_curve(jax.device_get(sums))
+  return {k: (np.asarray(v).tolist() if np.ndim(v) else float(v)) for k, v in curve.items()}
 
 
 def _merge(a, b):
@@ -437,8 +482,26 @@ def _merge(a, b):
   return out
 
 
-def _check_finite(sums: dict, step: int, epoch: int) -> None:
-  if not (float(sums["finite"]) > 0 and math.isfinite(float(sums["loss_sum"]))):
-    raise TrainingDivergedError(
-        f"non-finite loss or gradient norm at or before step {step} (epoch {epoch + 1}); "
-        f"the last good checkpoint is kept: lower the learning rate and rerun")
+@jax.jit
+def _accumulate(epoch_sums, window, first_bad, m, global_step):
+  """Adds one step's metrics to the epoch and log-window sums.
+
+  Also records the first step whose loss or gradient norm is non-finite.
+  """
+  finite = jnp.isfinite(m["loss_sum"]) & jnp.isfinite(m["grad_norm"])
+  step_sums = {"loss_sum": m["loss_sum"], "correct": m["correct"],
+               "count": m["count"], "finite": finite.astype(jnp.float32)}
+  first_bad = jnp.where((first_bad == 0) & ~finite, global_step, first_bad)
+  return _merge(epoch_sums, step_sums), _merge(window, step_sums), first_bad
+
+
+def _check_finite(sums: dict, first_bad, step: int, steps_per_epoch: int) -> None:
+  """Raises TrainingDivergedError if a step since the sums began was non-finite."""
+  if float(sums["finite"]) > 0 and math.isfinite(float(sums["loss_sum"])):
+    return
+  bad = int(jax.device_get(first_bad)) or step
+  raise TrainingDivergedError(
+      f"non-finite loss or gradient norm at step {bad} "
+      f"(epoch {(bad - 1) // steps_per_epoch + 1}, detected at step {step}); "
+      f"nothing after the last good checkpoint was saved: lower the learning "
+      f"rate and rerun with --config.allow_config_change=True")

@@ -66,14 +66,18 @@ def _load_tfds(name, config, data_dir, manual_dir) -> tuple[Any, dict]:
   kwargs = {"data_dir": os.fspath(data_dir)} if data_dir else {}
   builder = tfds.builder(full, file_format="array_record", **kwargs)
   if not builder.is_prepared():
+    how = ""
+    if name == "radimagenet":
+      how = " " + " ".join(radimagenet.Builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())
     if manual_dir is not None:
       manual = pathlib.Path(manual_dir).expanduser()
       if not manual.is_dir() or not any(manual.iterdir()):
-        raise DataError(f"manual_dir {manual} does not exist or is empty")
+        raise DataError(f"{full}: manual_dir {manual} does not exist or is "
+                        f"empty.{how}")
     elif name == "radimagenet":
       raise DataError(
           f"radimagenet is not prepared in {builder.data_dir} and no "
-          f"manual_dir was given; see docs/DATA.md")
+          f"manual_dir was given (see docs/DATA.md).{how}")
     config_ = tfds.download.DownloadConfig(
         manual_dir=os.fspath(manual_dir) if manual_dir else None)
     builder.download_and_prepare(download_config=config_)

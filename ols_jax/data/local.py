@@ -123,7 +123,10 @@ def load_folder(root: str | os.PathLike, probe: int = 8):
 
   Returns ``(class_names, channels, splits)``. Class names are the sorted
   class folders of ``train``; ``val``/``test`` are optional (also accepted as
-  ``valid``/``validation``/``testing``).
+  ``valid``/``validation``/``testing``). Every file's header is checked up
+  front (PNG files fully verified): an unreadable file or one with neither 1
+  nor 3 channels (e.g. RGBA) is a DataError naming it. Images may differ in
+  size; the pipeline resizes them.
   """
   root = pathlib.Path(root).expanduser()
   if not root.is_dir():
@@ -145,6 +148,7 @@ def load_folder(root: str | os.PathLike, probe: int = 8):
         raise DataError(f"class folder {class_dir} is not a train class "
                         f"(train classes: {list(class_names)})")
       for f in sources.list_image_files(class_dir):
+        sources.check_image_file(f)
         files.append(f)
         labels.append(index[class_dir.name])
     if not files:

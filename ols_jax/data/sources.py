@@ -26,20 +26,48 @@ def squeeze_gray(image: np.ndarray) -> np.ndarray:
   return image
 
 
+def check_channels(img: Image.Image, path: str | os.PathLike) -> None:
+  """Raises DataError unless ``img`` has 1 (gray/palette) or 3 channels."""
+  bands = img.getbands()
+  if len(bands) not in (1, 3):
+    raise DataError(f"image {path}: expected 1 (grayscale) or 3 (RGB) "
+                    f"channels, got {len(bands)} (mode {img.mode})")
+
+
+def check_image_file(path: str | os.PathLike) -> None:
+  """Cheap up-front check of one file: readable header, 1 or 3 channels.
+
+  PNG files are also verified end to end (chunk CRCs), which catches
+  truncated files without decoding them.
+  """
+  try:
+    with Image.open(path) as img:
+      check_channels(img, path)
+      if img.format == "PNG":
+        img.verify()
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    if isinstance(e, DataError):
+      raise
+    raise DataError(f"cannot decode image {path}: {e}") from None
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
   """Decodes an image file to uint8 ``(H, W)`` or ``(H, W, 3)``."""
   try:
     with Image.open(path) as img:
+      check_channels(img, path)
       img.load()
       if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         top = max(float(arr.max()), 1.0)
         return np.round(arr * (255.0 / top)).astype(np.uint8)
       if img.mode not in ("L", "RGB"):
-        img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK",
-                                                "YCbCr", "LA") else "L")
+        img = img.convert("RGB" if img.mode in ("P", "YCbCr", "HSV", "LAB")
+                          else "L")
       return np.asarray(img, dtype=np.uint8)
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    if isinstance(e, DataError):
+      raise
     raise DataError(f"cannot decode image {path}: {e}") from e
 
 

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from ols_jax.models import common
+from ols_jax.models.mobilenet_v2 import InvertedResidual
 from ols_jax.models.mobilenet_v2 import mobilenet_v2
 from ols_jax.models.mobilenet_v2 import MobileNetV2
 from ols_jax.models.resnet import BasicBlock
@@ -134,7 +135,8 @@ def count_params(params: Any) -> int:
 
 
 __all__ = [
-    'BasicBlock', 'Bottleneck', 'CANONICAL_PARAM_COUNTS', 'MODEL_NAMES',
+    'BasicBlock', 'Bottleneck', 'CANONICAL_PARAM_COUNTS', 'InvertedResidual',
+    'MODEL_NAMES',
     'MobileNetV2', 'OPTION_NAMES', 'ResNet', 'TinyCNN', 'UnknownOptionError',
     'VGG', 'common', 'count_params', 'create', 'mobilenet_v2', 'resnet18',
     'resnet34', 'resnet50', 'tiny_cnn', 'vgg19', 'vgg19_bn',

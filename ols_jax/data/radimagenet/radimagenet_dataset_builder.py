@@ -161,6 +161,10 @@ def encode_png(path: pathlib.Path) -> bytes:
   try:
     data = path.read_bytes()
     with Image.open(io.BytesIO(data)) as img:
+      if len(img.getbands()) not in (1, 3):
+        raise DataError(f"image {path}: expected 1 (grayscale) or 3 (RGB) "
+                        f"channels, got {len(img.getbands())} (mode "
+                        f"{img.mode})")
       img.load()
       if img.format == "PNG" and img.mode == "L":
         return data
@@ -174,6 +178,8 @@ def encode_png(path: pathlib.Path) -> bytes:
     gray.save(out, format="PNG")
     return out.getvalue()
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    if isinstance(e, DataError):
+      raise
     raise DataError(f"cannot decode image {path}: {e}") from e
 
 

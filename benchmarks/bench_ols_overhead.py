@@ -1,0 +1,107 @@
+"""OLS cost: train-step time of ``ols`` vs ``ce`` (same model, same batch),
+epoch-boundary time and accumulator memory, for several class counts K.
+
+ce and ols windows are interleaved in one process (order flipped each window)
+and the reported ratio is the median of the paired window ratios.
+
+  python benchmarks/bench_ols_overhead.py [--ks 4,165,1000,10000] \
+      [--model resnet18 --width 0.25 --image_size 28 --batch_size 128] \
+      [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import common  # noqa: E402  pylint: disable=g-import-not-at-top
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from ols_jax import parallel  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def boundary_time(state, mesh, repeats: int = 5) -> float:
+  """Median seconds of one compiled epoch boundary (state donated)."""
+  fn = parallel.jit_epoch_boundary(mesh)
+  state = fn(state)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    state = fn(state)
+    jax.block_until_ready(state)
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def measure_k(k: int, *, model: str, width: float, image_size: int,
+              batch_size: int, windows: int, steps: int,
+              dtype: str = "float32") -> dict:
+  """ce vs ols step time, boundary time and OLS memory for one K."""
+  batch = common.make_batch(batch_size, image_size, k)
+  runners, mesh = {}, None
+  for method in ("ce", "ols"):
+    step, mesh = common.jit_step(method, k, mesh)
+    state = common.make_state(model, k, image_size, width=width, dtype=dtype)
+    dev_batch = parallel.put_batch(batch, mesh)
+    state = parallel.replicate_on_mesh(state, mesh)
+    runners[method] = common.StepRunner(step, state, dev_batch)
+  timing = common.interleaved(runners, windows=windows, steps=steps)
+  ols_state = runners["ols"].state
+  acc = ols_state.ols
+  row = {
+      "K": k, "model": model, "width": width, "image_size": image_size,
+      "batch_size": batch_size, "dtype": dtype,
+      "ce_step_ms": 1e3 * timing["ce"]["median_s"],
+      "ols_step_ms": 1e3 * timing["ols"]["median_s"],
+      "ols_over_ce": timing["ols"]["ratio_vs_first"],
+      "overhead_pct": 100 * (timing["ols"]["ratio_vs_first"] - 1),
+      "accumulator_bytes": common.tree_bytes(
+          (acc.soft_labels, acc.prob_sums, acc.counts)),
+      "boundary_ms": 1e3 * boundary_time(ols_state, mesh),
+  }
+  return row
+
+
+def run(ks, **kwargs) -> list:
+  rows = []
+  for k in ks:
+    row = measure_k(k, **kwargs)
+    rows.append(row)
+    print(f"K={k:6d}  ce {row['ce_step_ms']:8.2f} ms  ols "
+          f"{row['ols_step_ms']:8.2f} ms  ratio {row['ols_over_ce']:.4f} "
+          f"({row['overhead_pct']:+.1f}%)  boundary {row['boundary_ms']:.2f} ms"
+          f"  S+sums+counts {row['accumulator_bytes'] / 2**20:.2f} MiB",
+          flush=True)
+  return rows
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument("--ks", default="4,165,1000,10000")
+  p.add_argument("--model", default="resnet18")
+  p.add_argument("--width", type=float, default=0.25)
+  p.add_argument("--image_size", type=int, default=28)
+  p.add_argument("--batch_size", type=int, default=128)
+  p.add_argument("--windows", type=int, default=7)
+  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--dtype", default="float32", choices=sorted(common.DTYPES))
+  p.add_argument("--json", type=pathlib.Path, default=None)
+  a = p.parse_args()
+  rows = run([int(k) for k in a.ks.split(",")], model=a.model, width=a.width,
+             image_size=a.image_size, batch_size=a.batch_size,
+             windows=a.windows, steps=a.steps, dtype=a.dtype)
+  if a.json:
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps({"machine": common.machine_info(),
+                                  "ols_overhead": rows}, indent=2))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,127 @@
+"""Shared helpers of the benchmark suite: building a train state and a
+synthetic batch, compiling the project's jit train step, and timing several
+step functions *interleaved* in one process so that noise from other users of
+the (shared) CPU cancels in the ratios.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # noqa: E402  pylint: disable=g-import-not-at-top
+import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
+import optax  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from ols_jax import losses  # noqa: E402  pylint: disable=g-import-not-at-top
+from ols_jax import models  # noqa: E402  pylint: disable=g-import-not-at-top
+from ols_jax import parallel  # noqa: E402  pylint: disable=g-import-not-at-top
+from ols_jax import train_state  # noqa: E402  pylint: disable=g-import-not-at-top
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def machine_info() -> dict:
+  """Host facts recorded with every result file."""
+  cpu = platform.processor() or ""
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        cpu = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  return {"platform": platform.platform(), "python": platform.python_version(),
+          "cpu": cpu, "os_cpu_count": os.cpu_count(),
+          "affinity_cpus": len(os.sched_getaffinity(0)),
+          "jax": jax.__version__, "backend": jax.default_backend(),
+          "devices": len(jax.devices()),
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def make_batch(batch_size: int, image_size: int, num_classes: int,
+               channels: int = 3, seed: int = 0) -> Dict[str, np.ndarray]:
+  """A synthetic float32 batch in [-1, 1] with integer labels and mask 1."""
+  rng = np.random.default_rng(seed)
+  return {
+      "image": rng.uniform(-1, 1, (batch_size, image_size, image_size,
+                                   channels)).astype(np.float32),
+      "label": rng.integers(0, num_classes, batch_size).astype(np.int32),
+      "mask": np.ones(batch_size, np.float32),
+  }
+
+
+def make_state(model_name: str, num_classes: int, image_size: int, *,
+               width: float = 1.0, small_input: bool = True,
+               dtype: str = "float32", channels: int = 3, seed: int = 0,
+               bn_axis_name=None):
+  """A :class:`TrainState` with SGD + momentum (the OLS paper's optimiser)."""
+  model = models.create(model_name, num_classes, small_input=small_input,
+                        width_multiplier=width, dtype=DTYPES[dtype],
+                        bn_axis_name=bn_axis_name)
+  tx = optax.sgd(0.01, momentum=0.9)
+  return train_state.create(model, tx,
+                            input_shape=(image_size, image_size, channels),
+                            num_classes=num_classes,
+                            rng=jax.random.PRNGKey(seed))
+
+
+def jit_step(method: str, num_classes: int, mesh=None):
+  """The project's jit train step (``parallel.jit_train_step``) for a method."""
+  spec = losses.LossSpec(method=method, num_classes=num_classes, alpha=0.5)
+  mesh = parallel.make_mesh(jax.devices()[:1]) if mesh is None else mesh
+  return parallel.jit_train_step(spec, mesh), mesh
+
+
+class StepRunner:
+  """Owns one (donated) state and runs ``n`` steps of a compiled step."""
+
+  def __init__(self, step_fn, state, batch):
+    self.step_fn, self.state, self.batch = step_fn, state, batch
+
+  def __call__(self, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+      self.state, metrics = self.step_fn(self.state, self.batch)
+    jax.block_until_ready((self.state, metrics))
+    return time.perf_counter() - start
+
+
+def interleaved(runners: Dict[str, Callable[[int], float]], *, windows: int,
+                steps: int, warmup: int = 2) -> Dict[str, dict]:
+  """Times every runner in alternating windows (order flipped each window).
+
+  Returns per runner ``{'median_s', 'windows_s'}`` where times are seconds per
+  step, and per non-first runner the median of the paired window ratios
+  against the first runner (``ratio_vs_first``).
+  """
+  names = list(runners)
+  for name in names:
+    runners[name](warmup)
+  times = {name: [] for name in names}
+  for w in range(windows):
+    order = names if w % 2 == 0 else names[::-1]
+    for name in order:
+      times[name].append(runners[name](steps) / steps)
+  out = {}
+  base = times[names[0]]
+  for name in names:
+    ratios = [t / b for t, b in zip(times[name], base)]
+    out[name] = {"median_s": statistics.median(times[name]),
+                 "windows_s": times[name],
+                 "ratio_vs_first": statistics.median(ratios)}
+  return out
+
+
+def tree_bytes(tree) -> int:
+  return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))

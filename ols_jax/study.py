@@ -1,0 +1,306 @@
+"""Grids of runs (methods x models x seeds, OLS alpha / init ablations) and
+their aggregation into mean ± std tables, paired comparisons and figures."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from ols_jax import plots
+
+ENTRY_POINT = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "radimagenet.py"
+
+# (key, header, scale, lower is better)
+COLUMNS = (
+    ("top1_error", "Top-1 err %", 100.0),
+    ("top5_error", "Top-5 err %", 100.0),
+    ("ece", "ECE %", 100.0),
+    ("adaptive_ece", "adaptive ECE %", 100.0),
+    ("calibration_gap", "conf-acc %", 100.0),
+    ("nll", "NLL", 1.0),
+    ("brier", "Brier", 1.0),
+)
+EMBEDDING_COLUMNS = (("silhouette", "silhouette"), ("knn_accuracy", "5-NN acc"),
+                     ("intra_inter_ratio", "intra/inter"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One run of the grid."""
+  model: str
+  method: str
+  seed: int
+  overrides: tuple[tuple[str, str], ...] = ()
+  tag: str = ""           # variant name, e.g. 'alpha0.3' or 'init_zeros'.
+
+  @property
+  def variant(self) -> str:
+    return self.method + (f"[{self.tag}]" if self.tag else "")
+
+  def workdir(self, out: pathlib.Path) -> pathlib.Path:
+    name = self.method + (f"_{self.tag}" if self.tag else "")
+    return out / self.model / name / f"seed{self.seed}"
+
+
+def grid(models: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
+         alphas: Sequence[float] = (), ols_inits: Sequence[str] = ()) -> list[Cell]:
+  """The cells of a study; ``ce`` cells come first (they are KD teachers)."""
+  order = sorted(methods, key=lambda m: (m != "ce", m == "kd"))
+  cells = [Cell(m, meth, s) for s in seeds for m in models for meth in order]
+  for s in seeds:
+    for m in models:
+      for a in alphas:
+        cells.append(Cell(m, "ols", s, (("alpha", repr(float(a))),), f"alpha{a:g}"))
+      for init in ols_inits:
+        cells.append(Cell(m, "ols", s, (("ols_init", init),), f"init_{init}"))
+  return cells
+
+
+def command(cell: Cell, config_path: str, out: pathlib.Path,
+            extra: Sequence[str] = (), teacher_model: Optional[str] = None) -> list[str]:
+  """The entry-point command line of one cell."""
+  args = [sys.executable, str(ENTRY_POINT), f"--config={config_path}",
+          f"--workdir={cell.workdir(out)}", f"--config.model={cell.model}",
+          f"--config.method={cell.method}", f"--config.seed={cell.seed}",
+          "--config.progress=False"]
+  args += [f"--config.{k}={v}" for k, v in cell.overrides]
+  if cell.method == "kd":
+    teacher = Cell(teacher_model or cell.model, "ce", cell.seed)
+    args.append(f"--config.teacher_workdir={teacher.workdir(out)}")
+  return args + list(extra)
+
+
+def run_grid(cells: Sequence[Cell], config_path: str, out: pathlib.Path, *,
+             extra: Sequence[str] = (), jobs: int = 1,
+             teacher_model: Optional[str] = None, threads_per_job: int = 0,
+             log=print) -> list[Cell]:
+  """Runs every cell without ``results.json`` (sequentially or ``jobs`` at a
+  time); KD cells wait for their CE teacher. Returns the failed cells."""
+  pending = [c for c in cells if not (c.workdir(out) / "results.json").exists()]
+  log(f"{len(cells) - len(pending)} of {len(cells)} cells already done; "
+      f"{len(pending)} to run with {jobs} parallel job(s)")
+  running: list[tuple[Cell, subprocess.Popen, float, Any]] = []
+  failed: list[Cell] = []
+  done = len(cells) - len(pending)
+  env = dict(os.environ)
+  if threads_per_job:
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads="
+                        f"{threads_per_job}").strip()
+
+  def teacher_ready(c: Cell) -> bool:
+    if c.method != "kd":
+      return True
+    t = Cell(teacher_model or c.model, "ce", c.seed)
+    return (t.workdir(out) / "results.json").exists()
+
+  def teacher_failed(c: Cell) -> bool:
+    t = Cell(teacher_model or c.model, "ce", c.seed)
+    return c.method == "kd" and t in failed
+
+  while pending or running:
+    for c in [c for c in pending if teacher_failed(c)]:
+      pending.remove(c)
+      failed.append(c)
+      log(f"skip {c.variant} {c.model} seed {c.seed}: its CE teacher failed")
+    while len(running) < jobs:
+      ready = [c for c in pending if teacher_ready(c)]
+      if not ready:
+        break
+      c = ready[0]
+      pending.remove(c)
+      c.workdir(out).mkdir(parents=True, exist_ok=True)
+      logf = open(c.workdir(out) / "stdout.log", "a", encoding="utf-8")
+      proc = subprocess.Popen(command(c, config_path, out, extra, teacher_model),
+                              stdout=logf, stderr=subprocess.STDOUT, env=env)
+      running.append((c, proc, time.time(), logf))
+    time.sleep(0.5)
+    for item in list(running):
+      c, proc, t0, logf = item
+      if proc.poll() is None:
+        continue
+      running.remove(item)
+      logf.close()
+      done += 1
+      status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+      if proc.returncode != 0:
+        failed.append(c)
+      log(f"[{done}/{len(cells)}] {c.variant} {c.model} seed {c.seed}: {status} "
+          f"in {time.time() - t0:.0f} s -> {c.workdir(out)}")
+    if not running and pending and not any(teacher_ready(c) for c in pending):
+      for c in pending:
+        failed.append(c)
+        log(f"skip {c.variant} {c.model} seed {c.seed}: no CE teacher results")
+      pending = []
+  return failed
+
+
+# ----------------------------------------------------------------------------
+# Aggregation.
+# ----------------------------------------------------------------------------
+
+
+def load_results(out: pathlib.Path) -> list[dict[str, Any]]:
+  """Every ``results.json`` under ``out`` with its variant name attached."""
+  rows = []
+  for path in sorted(pathlib.Path(out).glob("*/*/seed*/results.json")):
+    r = json.loads(path.read_text())
+    r["variant"] = path.parent.parent.name
+    r["workdir"] = str(path.parent)
+    rows.append(r)
+  return rows
+
+
+def _mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+  v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+  if v.size == 0:
+    return float("nan"), float("nan"), 0
+  return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
+
+
+def summarise(rows: Sequence[dict[str, Any]], split: str = "test"
+              ) -> dict[tuple[str, str], dict[str, tuple[float, float, int]]]:
+  """``{(model, variant): {metric: (mean, std, n)}}`` over seeds."""
+  groups: dict[tuple[str, str], list[dict]] = {}
+  for r in rows:
+    groups.setdefault((r["model"], r["variant"]), []).append(r)
+  out = {}
+  for key, rs in sorted(groups.items()):
+    stats = {k: _mean_std(r[split].get(k) for r in rs) for k, _, _ in COLUMNS}
+    stats.update({k: _mean_std(r["embedding"].get(k) for r in rs) for k, _ in EMBEDDING_COLUMNS})
+    stats["wall_time_s"] = _mean_std(r["wall_time_s"] for r in rs)
+    stats["temperature"] = _mean_std(r.get("temperature") for r in rs)
+    out[key] = stats
+  return out
+
+
+def _best_marks(stats: dict, key: str, higher_better: bool = False) -> set:
+  """Variants whose mean is best and beats every other by more than the
+  larger of the two standard deviations."""
+  items = [(k, s[key]) for k, s in stats.items() if np.isfinite(s[key][0])]
+  if len(items) < 2:
+    return set()
+  sign = -1.0 if higher_better else 1.0
+  best_key, (bm, bs, _) = min(items, key=lambda kv: sign * kv[1][0])
+  for k, (m, s, _) in items:
+    if k != best_key and abs(m - bm) <= max(bs, s):
+      return set()
+  return {best_key}
+
+
+def markdown_table(stats: dict, *, with_embedding: bool = True,
+                   with_k5: bool = True) -> str:
+  """mean ± std table; the best per column is bold only when it beats every
+  other row by more than the spread."""
+  cols = [c for c in COLUMNS if with_k5 or c[0] != "top5_error"]
+  header = ["model", "method", "n"] + [h for _, h, _ in cols]
+  if with_embedding:
+    header += [h for _, h in EMBEDDING_COLUMNS]
+  header += ["T (TS)", "wall s"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  by_model: dict[str, dict] = {}
+  for (model, variant), s in stats.items():
+    by_model.setdefault(model, {})[variant] = s
+  for model, variants in by_model.items():
+    marks = {k: _best_marks(variants, k) for k, _, _ in cols if k != "calibration_gap"}
+    marks.update({k: _best_marks(variants, k, higher_better=(k != "intra_inter_ratio"))
+                  for k, _ in EMBEDDING_COLUMNS})
+    for variant, s in variants.items():
+      cells = [model, variant, str(s["top1_error"][2])]
+      for k, _, scale in cols:
+        m, sd, _ = s[k]
+        text = f"{m * scale:.2f} ± {sd * scale:.2f}" if scale != 1.0 else f"{m:.3f} ± {sd:.3f}"
+        cells.append(f"**{text}**" if variant in marks.get(k, ()) else text)
+      if with_embedding:
+        for k, _ in EMBEDDING_COLUMNS:
+          m, sd, _ = s[k]
+          text = f"{m:.3f} ± {sd:.3f}"
+          cells.append(f"**{text}**" if variant in marks.get(k, ()) else text)
+      cells.append(f"{s['temperature'][0]:.2f}")
+      cells.append(f"{s['wall_time_s'][0]:.0f}")
+      lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def csv_table(stats: dict) -> str:
+  buf = io.StringIO()
+  w = csv.writer(buf)
+  keys = [k for k, _, _ in COLUMNS] + [k for k, _ in EMBEDDING_COLUMNS]
+  w.writerow(["model", "variant", "n"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
+  for (model, variant), s in stats.items():
+    w.writerow([model, variant, s["top1_error"][2]] +
+               [f"{x:.6g}" for k in keys for x in s[k][:2]])
+  return buf.getvalue()
+
+
+def paired_wins(rows: Sequence[dict[str, Any]], reference: str = "ols",
+                split: str = "test",
+                metrics: Sequence[str] = ("top1_error", "ece", "nll")) -> str:
+  """Per seed, does ``reference`` beat each other variant? (lower is better)."""
+  by = {(r["model"], r["variant"], r["seed"]): r for r in rows}
+  models = sorted({r["model"] for r in rows})
+  lines = ["| model | OLS vs | " + " | ".join(f"{m}: OLS wins / seeds (mean diff)"
+                                               for m in metrics) + " |",
+           "|" + "---|" * (len(metrics) + 2)]
+  for model in models:
+    others = sorted({r["variant"] for r in rows if r["model"] == model} - {reference})
+    for other in others:
+      cells = []
+      for metric in metrics:
+        diffs = [by[(model, reference, s)][split][metric] - by[(model, other, s)][split][metric]
+                 for (mm, v, s) in by if mm == model and v == other
+                 and (model, reference, s) in by]
+        if not diffs:
+          cells.append("n/a")
+          continue
+        wins = sum(d < 0 for d in diffs)
+        scale = 100.0 if metric != "nll" else 1.0
+        cells.append(f"{wins}/{len(diffs)} ({np.mean(diffs) * scale:+.2f})")
+      lines.append(f"| {model} | {other} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def write_summary(out: pathlib.Path, title: str = "") -> pathlib.Path:
+  """Writes ``summary.md``, ``summary.csv`` and ``reliability.png`` into ``out``."""
+  out = pathlib.Path(out)
+  rows = load_results(out)
+  if not rows:
+    raise FileNotFoundError(f"no results.json under {out}")
+  k = rows[0]["num_classes"]
+  stats = summarise(rows, "test")
+  stats_ts = summarise(rows, "test_ts")
+  parts = [f"# {title or out.name}", "",
+           f"{len(rows)} runs; dataset {rows[0]['dataset']} ({k} classes, splits "
+           f"{rows[0]['split_sizes']}); mean ± std over seeds (sample std); bold = best "
+           "by more than the spread of both rows.", "",
+           "## Test split", "", markdown_table(stats, with_k5=k > 5), "",
+           "## Test split after temperature scaling (T fitted on validation)", "",
+           markdown_table(stats_ts, with_embedding=False, with_k5=k > 5), "",
+           "## Paired comparison (same seed = same data order and augmentation)", "",
+           "Negative mean diff = OLS lower (better).", "",
+           paired_wins(rows), ""]
+  (out / "summary.md").write_text("\n".join(parts))
+  (out / "summary.csv").write_text(csv_table(stats))
+  curves = {}
+  for r in rows:
+    if r["seed"] == min(x["seed"] for x in rows) and "test_reliability" in r:
+      curves[f"{r['model']}/{r['variant']}"] = _curve_arrays(r["test_reliability"])
+  if curves:
+    plots.combined_reliability(curves, out / "reliability.png",
+                               title=f"Test reliability, seed {min(x['seed'] for x in rows)}")
+  return out / "summary.md"
+
+
+def _curve_arrays(curve: dict) -> dict:
+  return {k: (np.asarray(v, np.float64) if isinstance(v, list) else v)
+          for k, v in curve.items()}

@@ -1,0 +1,171 @@
+"""End-to-end runs of the main job on real brain MRI images, every method."""
+
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ols_jax import logging_utils
+from ols_jax import study
+from ols_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+METHODS = ("ce", "ls", "tfkd", "kd", "ols")
+
+
+def smoke_config(**overrides):
+  sys.path.insert(0, str(REPO))
+  from experiments.configs import smoke  # pylint: disable=import-outside-toplevel
+  c = smoke.get_config()
+  c.progress = False
+  c.tsne_samples = 200
+  c.batch_size = 256
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, request):
+  from conftest import require_dataset  # pylint: disable=import-outside-toplevel
+  require_dataset("brain_tumor_mri")
+  root = tmp_path_factory.mktemp("runs")
+  out = {}
+  for method in METHODS:
+    extra = {"teacher_workdir": str(root / "ce")} if method == "kd" else {}
+    state, summary = train.train_and_evaluate(
+        smoke_config(method=method, **extra), root / method)
+    out[method] = (root / method, state, summary)
+  return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_run_finishes_and_leaves_every_artifact(runs, method):
+  workdir, state, summary = runs[method]
+  for name in ("config.json", "metrics.jsonl", "results.json", "report.md"):
+    assert (workdir / name).is_file(), name
+  json.loads((workdir / "config.json").read_text())
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["method"] == method and results["split_sizes"]["test"] == 1281
+  assert (workdir / "checkpoints" / "last").is_dir()
+  assert (workdir / "checkpoints" / "best").is_dir()
+  figures = {p.name for p in (workdir / "figures").glob("*.png")}
+  expected = {"reliability_test.png", "reliability_test_ts.png", "training_curves.png",
+              "tsne_test.png"}
+  if method == "ols":
+    expected |= {"soft_labels.png", "soft_label_entropy.png"}
+  assert expected <= figures
+  for png in figures:
+    assert (workdir / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  report = (workdir / "report.md").read_text()
+  assert "Top-1 err" in report and "temperature-scaled" in report
+  assert int(jax.device_get(state.step)) == results["final_step"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_loss_falls_and_metrics_in_range(runs, method):
+  workdir, _, summary = runs[method]
+  records = logging_utils.read_metrics(workdir / "metrics.jsonl")
+  losses = [r["train/loss"] for r in records if "train/loss" in r]
+  assert losses[-1] < losses[0]
+  epochs = [r for r in records if "eval/ece" in r]
+  assert len(epochs) == 2
+  for split in ("val", "test", "test_ts"):
+    m = summary[split]
+    for key in ("top1_error", "top5_error", "ece", "adaptive_ece", "mce",
+                "classwise_ece", "auroc_macro"):
+      assert 0.0 <= m[key] <= 1.0, (split, key, m[key])
+    assert 0.0 <= m["brier"] <= 2.0 and m["nll"] > 0
+    assert -1.0 <= m["calibration_gap"] <= 1.0
+  # A trained model beats chance (25%) on the 4-class test set.
+  assert summary["test"]["top1_error"] < 0.75
+  # Temperature scaling does not change the argmax.
+  assert summary["test_ts"]["top1_error"] == pytest.approx(summary["test"]["top1_error"])
+  assert summary["temperature"] > 0
+  emb = summary["embedding"]
+  assert -1 <= emb["silhouette"] <= 1 and 0 <= emb["knn_accuracy"] <= 1
+
+
+def test_soft_labels_are_distributions(runs):
+  workdir, state, summary = runs["ols"]
+  files = sorted((workdir / "soft_labels").glob("epoch_*.npy"))
+  assert [f.name for f in files] == ["epoch_000_initial.npy", "epoch_001.npy",
+                                     "epoch_002.npy"]
+  for f in files:
+    s = np.load(f)
+    assert s.shape == (4, 4) and (s >= 0).all()
+    np.testing.assert_allclose(s.sum(-1), 1.0, rtol=1e-5)
+  # The learned rows are peaked on the diagonal for classes the model gets right.
+  s = np.load(files[-1])
+  assert np.mean(np.argmax(s, -1) == np.arange(4)) >= 0.5
+  assert len(summary["soft_label_row_entropy"]) == 2
+
+
+def test_resuming_a_finished_run_is_a_noop(runs):
+  workdir, state, summary = runs["ols"]
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+  state2, summary2 = train.train_and_evaluate(smoke_config(method="ols"), workdir)
+  assert summary2 == json.loads((workdir / "results.json").read_text())
+  assert summary2["test"] == summary["test"]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params),
+               jax.device_get(state2.params))
+  after = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+  changed = [str(p.relative_to(workdir)) for p in after if before.get(p) != after[p]]
+  # Only config.json / metrics.jsonl may be rewritten (same content).
+  assert set(changed) <= {"config.json", "metrics.jsonl"}, changed
+
+
+def test_resuming_a_half_finished_run_continues(runs, tmp_path):
+  src, _, summary = runs["ols"]
+  work = tmp_path / "half"
+  shutil.copytree(src, work)
+  # Drop everything produced by epoch 2: its checkpoint and the final outputs.
+  last = sorted((work / "checkpoints" / "last").iterdir(), key=lambda p: int(p.name))
+  shutil.rmtree(last[-1])
+  best = work / "checkpoints" / "best"
+  for p in list(best.iterdir()):
+    if p.name == last[-1].name:
+      shutil.rmtree(p)
+  for name in ("results.json", "report.md"):
+    (work / name).unlink()
+  (work / "soft_labels" / "epoch_002.npy").unlink()
+  state, resumed = train.train_and_evaluate(smoke_config(method="ols"), work)
+  assert resumed["final_step"] == summary["final_step"]
+  assert resumed["test"] == summary["test"]
+  np.testing.assert_array_equal(np.load(work / "soft_labels" / "epoch_002.npy"),
+                                np.load(src / "soft_labels" / "epoch_002.npy"))
+  records = logging_utils.read_metrics(work / "metrics.jsonl")
+  assert [r["epoch"] for r in records if "eval/ece" in r] == [1, 2]
+
+
+def test_compare_driver_aggregates(runs, tmp_path):
+  # Arrange the finished runs as a study tree and summarise them.
+  out = tmp_path / "study"
+  for method in METHODS:
+    dst = out / "tiny_cnn" / method / "seed0"
+    dst.parent.mkdir(parents=True)
+    shutil.copytree(runs[method][0], dst, ignore=shutil.ignore_patterns("checkpoints"))
+  cmd = [sys.executable, str(REPO / "experiments" / "compare.py"),
+         f"--config={REPO / 'experiments' / 'configs' / 'smoke.py'}", f"--out={out}",
+         "--methods=ce,ls,tfkd,kd,ols", "--models=tiny_cnn", "--seeds=0"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "5 of 5 cells already done" in proc.stdout
+  text = (out / "summary.md").read_text()
+  for method in METHODS:
+    assert f"| tiny_cnn | {method} |" in text
+  assert "OLS wins" in text
+  assert (out / "reliability.png").stat().st_size > 1000
+  assert len((out / "summary.csv").read_text().splitlines()) == 6
+
+
+def test_grid_orders_teachers_first():
+  cells = study.grid(["resnet18"], ["kd", "ols", "ce"], [0, 1], alphas=[0.3])
+  methods = [c.method for c in cells if c.seed == 0 and not c.tag]
+  assert methods[0] == "ce" and methods[-1] == "kd"
+  assert any(c.tag == "alpha0.3" for c in cells)

@@ -27,6 +27,11 @@ _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks on errors.")
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  if not _DEBUG.value:
+    # Orbax logs a traceback for a failed write that it also raises; the raised
+    # error is reported on one line (--debug shows everything).
+    logging.get_absl_logger().addFilter(
+        lambda r: r.levelno < logging.converter.STANDARD_ERROR or "orbax" not in r.pathname)
   return cli.run_main(_CONFIG.value, _WORKDIR.value, debug=_DEBUG.value)
 
 

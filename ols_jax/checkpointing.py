@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import re
 import signal
 from typing import Any, Optional
 
@@ -57,6 +58,14 @@ def _install_checkpoint_write_crash() -> None:
 
   cls.finalize = finalize_or_crash
   cls._ols_jax_crash_hook = True  # pylint: disable=protected-access
+
+
+def _os_error_code(e: Exception) -> Optional[int]:
+  """The errno of a failed write (tensorstore reports it inside a ValueError)."""
+  if isinstance(e, OSError):
+    return e.errno or errno.EIO
+  match = re.search(r"os_error_code='?(\d+)", str(e))
+  return int(match.group(1)) if match else None
 
 
 def _check_finite_tree(tree, step: int) -> None:
@@ -116,11 +125,12 @@ class Checkpointer:
       manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
       manager.wait_until_finished()
-    except OSError as e:
-      raise OSError(e.errno or errno.EIO,
-                    f"cannot write checkpoint {manager.directory / str(step)}: "
-                    f"{e.strerror or e}; the previous checkpoint is kept"
-                    ) from None
+    except (OSError, ValueError) as e:
+      code = _os_error_code(e)
+      if code is None:
+        raise
+      raise OSError(code, f"cannot write checkpoint {manager.directory / str(step)}: "
+                    f"{os.strerror(code)}; the previous checkpoint is kept") from None
 
   def save_last(self, step: int, state, meta: dict) -> None:
     self._save(self._last, step, state, meta)
@@ -129,9 +139,15 @@ class Checkpointer:
     self._save(self._best, step, state, meta)
 
   def _restore(self, manager, step: int, like):
+    abstract = _abstract(like)
     out = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(like)),
+        state=ocp.args.StandardRestore(abstract),
         meta=ocp.args.JsonRestore()))
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(out["state"]),
+                                 jax.tree_util.tree_leaves(abstract)):
+      if np.shape(got) != tuple(want.shape):
+        raise ValueError(f"{jax.tree_util.keystr(path)} has shape {np.shape(got)} "
+                         f"in the checkpoint, {tuple(want.shape)} configured")
     return _with_restored(like, out["state"]), dict(out["meta"])
 
   def restore_last(self, like) -> Optional[tuple[Any, dict]]:

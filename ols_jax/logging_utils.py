@@ -32,16 +32,17 @@ class MetricWriter:
       tmp = self._path.with_name(self._path.name + ".tmp")
       tmp.write_text("".join(l + "\n" for l in kept))
       tmp.replace(self._path)
-    self._file = open(self._path, "a", encoding="utf-8")
+    self._path.touch()
 
   def write(self, record: dict[str, Any]) -> None:
     clean = {k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, str))
                  else v) for k, v in record.items()}
-    self._file.write(json.dumps(clean, sort_keys=True) + "\n")
-    self._file.flush()
+    # Opened per line, so no handle is left open when a run stops on an error.
+    with open(self._path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(clean, sort_keys=True) + "\n")
 
   def close(self) -> None:
-    self._file.close()
+    pass
 
 
 def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:

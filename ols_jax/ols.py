@@ -106,6 +106,27 @@ def _valid_mask(labels: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
   return mask.astype(jnp.float32)
 
 
+def label_is_argmax(x: jax.Array, labels: jax.Array) -> jax.Array:
+  """``argmax(x, -1) == labels`` (ties: first index wins), without argmax.
+
+  XLA's CPU argmax is a variadic (value, index) reduction that does not
+  vectorise; at large ``K`` it dominated the OLS accumulation. This uses a
+  plain max, a compare and an integer min instead. Unlike ``jnp.argmax`` a
+  row containing NaN never matches.
+
+  Args:
+    x: ``(B, K)`` scores.
+    labels: ``(B,)`` integer labels.
+
+  Returns:
+    ``(B,)`` bool.
+  """
+  top = jnp.max(x, axis=-1, keepdims=True)
+  index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  first = jnp.min(jnp.where(x >= top, index, x.shape[-1]), axis=-1)
+  return first == labels
+
+
 def _correct_rows(logits: jax.Array, labels: jax.Array, num_classes: int,
                   mask: Optional[jax.Array]
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -116,7 +137,7 @@ def _correct_rows(logits: jax.Array, labels: jax.Array, num_classes: int,
   out-of-range row ``num_classes``, which the scatters below drop.
   """
   probs = jax.nn.softmax(jax.lax.stop_gradient(logits).astype(jnp.float32), axis=-1)
-  correct = (jnp.argmax(probs, axis=-1) == labels).astype(jnp.float32)
+  correct = label_is_argmax(probs, labels).astype(jnp.float32)
   weight = correct * _valid_mask(labels, mask)
   segments = jnp.where(weight > 0, labels, num_classes)
   return probs, segments, weight

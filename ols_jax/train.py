@@ -244,6 +244,11 @@ def _device_setup(config):
           f"config.num_devices: asked for {config.num_devices}, "
           f"only {len(devices)} available")
     devices = devices[:config.num_devices]
+  for field in ("batch_size", "eval_batch_size"):
+    if config[field] % len(devices):
+      raise config_lib.ConfigError(
+          f"config.{field}: expected a multiple of the device count "
+          f"{len(devices)}, got {config[field]}")
   parallel.check_batch_size(config.batch_size, len(devices))
   parallel.check_batch_size(config.eval_batch_size, len(devices))
   return devices

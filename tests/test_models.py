@@ -35,14 +35,20 @@ def _key(seed):
   return jax.random.key(seed, impl='rbg')
 
 
+# Compile time, not compute, dominates these tests on CPU: skip the expensive
+# LLVM optimisations (the programs run once or a few times).
+_jit = functools.partial(
+    jax.jit, compiler_options={'xla_backend_optimization_level': 0})
+
+
 def _init(model, x, seed=0):
   # Jitted: op-by-op initialisation on CPU is many times slower.
-  return jax.jit(model.init)({'params': _key(seed)}, x)
+  return _jit(model.init)({'params': _key(seed)}, x)
 
 
 def _apply(model, **kwargs):
   """A jitted ``model.apply`` with static keyword arguments."""
-  return jax.jit(functools.partial(model.apply, **kwargs))
+  return _jit(functools.partial(model.apply, **kwargs))
 
 
 def _real_batch(shared_data, n=32):
@@ -135,12 +141,10 @@ def test_output_and_embedding_shapes_abstract(name):
   embed_dims = {'resnet18': 512, 'resnet34': 512, 'resnet50': 2048,
                 'mobilenet_v2': 1280, 'vgg19': 4096, 'vgg19_bn': 4096,
                 'tiny_cnn': 32}
-  for size, channels in [(28, 1), (64, 3), (64, 1), (224, 3), (224, 1)]:
+  for size, channels in [(28, 1), (64, 3), (224, 1), (224, 3)]:
     small = size <= 64
     model = models.create(name, 7, small_input=small)
     variables = _abstract_init(model, (1, size, size, channels))
-    logits = _abstract_apply(model, variables, (5, size, size, channels))
-    assert logits.shape == (5, 7) and logits.dtype == jnp.float32
     logits, emb = _abstract_apply(model, variables, (5, size, size, channels),
                                   return_embedding=True)
     assert logits.shape == (5, 7) and logits.dtype == jnp.float32
@@ -201,14 +205,14 @@ def test_batchnorm_stats_update_only_in_train_mode():
                              rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('name', ['tiny_cnn', 'vgg19'])
+@pytest.mark.parametrize('name', ['tiny_cnn', 'vgg19_bn'])
 def test_dropout_only_in_train_mode(name):
   model = models.create(name, 4, dropout_rate=0.5, **SMALL)
   x = jax.random.normal(jax.random.key(0), (4, 16, 16, 1))
   variables = _init(model, x)
   mutable = ['batch_stats'] if 'batch_stats' in variables else False
 
-  @jax.jit
+  @_jit
   def train_out(key):
     out = model.apply(variables, x, train=True, mutable=mutable,
                       rngs={'dropout': key})
@@ -246,12 +250,12 @@ def test_zero_init_residual():
   x = jnp.ones((1, 8, 8, 16))
 
   def scales(block, bn):
-    params = jax.jit(block.init)(_key(0), x)['params']
+    params = _jit(block.init)(_key(0), x)['params']
     return np.asarray(params[bn]['scale'])
 
   for cls, last in ((models.BasicBlock, 'bn2'), (models.Bottleneck, 'bn3')):
     # Stride 2: a projection shortcut, whose BN keeps gamma 1.
-    params = jax.jit(cls(16, strides=2, zero_init_residual=True).init)(
+    params = _jit(cls(16, strides=2, zero_init_residual=True).init)(
         _key(0), x)['params']
     assert np.all(np.asarray(params[last]['scale']) == 0.0)
     assert np.all(np.asarray(params['bn1']['scale']) == 1.0)
@@ -267,11 +271,13 @@ def test_zero_init_residual():
 
 
 def test_initialisers_follow_torchvision():
-  model = models.create('vgg19', 3, width_multiplier=0.25, small_input=True)
-  params = _init(model, jnp.zeros((1, 8, 8, 3)))['params']
+  model = models.create('vgg19', 3, width_multiplier=0.125, small_input=True)
+  # Default optimisation: this program generates ~1.6M random numbers.
+  params = jax.jit(model.init)({'params': _key(0)},
+                               jnp.zeros((1, 8, 8, 3)))['params']
   fc = np.asarray(params['fc0']['kernel'])
   assert abs(fc.std() - 0.01) < 5e-4 and np.all(params['fc0']['bias'] == 0)
-  kernel = np.asarray(params['conv8']['kernel'])  # 3x3, 128 -> 128
+  kernel = np.asarray(params['conv8']['kernel'])  # 3x3, 32 -> 32
   expected = np.sqrt(2.0 / (3 * 3 * kernel.shape[-1]))
   # variance_scaling 'normal' is truncated: the std sits a little lower.
   assert 0.8 * expected < kernel.std() < 1.05 * expected
@@ -297,17 +303,16 @@ def test_bfloat16_compute_returns_float32_logits():
     variables = _abstract_init(model, (1, 28, 28, 3))
     dtypes = {l.dtype for l in jax.tree_util.tree_leaves(variables)}
     assert dtypes == {jnp.dtype(jnp.float32)}, name
-    has_bn = 'batch_stats' in variables
-    for train in (False, True):
-      mutable = ['batch_stats'] if train and has_bn else False
-      out = _abstract_apply(model, variables, (2, 28, 28, 3), train=train,
-                            return_embedding=True, mutable=mutable,
-                            rngs={'dropout': jax.random.key(0)})
-      logits, emb = out[0] if mutable else out
-      assert logits.dtype == jnp.float32 and emb.dtype == jnp.float32, name
-    # The convolutions really run in bfloat16.
-    jaxpr = jax.make_jaxpr(functools.partial(model.apply, mutable=False))(
-        variables, jnp.zeros((2, 28, 28, 3)))
+    mutable = ['batch_stats'] if 'batch_stats' in variables else False
+    (logits, emb), _ = _abstract_apply(
+        model, variables, (2, 28, 28, 3), train=True, return_embedding=True,
+        mutable=mutable or ['batch_stats'], rngs={'dropout': jax.random.key(0)})
+    assert logits.dtype == jnp.float32 and emb.dtype == jnp.float32, name
+    # Eval mode: float32 outputs, and the convolutions really run in bf16.
+    jaxpr = jax.make_jaxpr(
+        functools.partial(model.apply, return_embedding=True))(
+            variables, jnp.zeros((2, 28, 28, 3)))
+    assert [a.dtype for a in jaxpr.out_avals] == [jnp.float32] * 2, name
     convs = [e for e in jaxpr.jaxpr.eqns
              if e.primitive.name == 'conv_general_dilated']
     assert convs and all(e.outvars[0].aval.dtype == jnp.bfloat16
@@ -345,56 +350,53 @@ def test_bn_axis_name_syncs_statistics_across_devices():
 # -------------------------------------------------------- training on data
 
 
+# One model per family plus the bottleneck ResNet; vgg19_bn runs concretely in
+# the dropout test (compile time dominates, so the list stays short).
 @pytest.mark.parametrize('name', ['tiny_cnn', 'resnet18', 'resnet50',
-                                  'mobilenet_v2', 'vgg19', 'vgg19_bn'])
+                                  'mobilenet_v2', 'vgg19'])
 def test_sgd_steps_lower_loss_on_real_batch(name, shared_data):
-  images, labels = _real_batch(shared_data)
+  images, labels = _real_batch(shared_data, n=16)
   options = dict(small_input=True)
   if name != 'tiny_cnn':
     options['width_multiplier'] = 0.125
   model = models.create(name, 4, **options)
-  tx = optax.sgd(0.02 if name.startswith('vgg') else 0.05, momentum=0.9)
-  num_steps = 12
+  variables = _init(model, images[:1])
+  params, stats = variables['params'], variables.get('batch_stats', {})
+  tx = optax.sgd(0.02, momentum=0.9)
+  dropout_key = jax.random.key(7)  # one fixed mask: a deterministic objective
 
-  def loss_fn(params, stats, key):
+  def loss_fn(params, stats):
     variables = {'params': params, **({'batch_stats': stats} if stats else {})}
     logits, updates = model.apply(variables, images, train=True,
                                   mutable=['batch_stats'],
-                                  rngs={'dropout': key})
+                                  rngs={'dropout': dropout_key})
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return loss.mean(), updates.get('batch_stats', {})
 
-  @jax.jit
-  def run(key):
-    # One compiled program (init, all steps, final eval): compile time, not
-    # compute, dominates at this size on CPU.
-    variables = model.init({'params': key}, images[:1])
-    params, stats = variables['params'], variables.get('batch_stats', {})
+  # A Python loop over a jitted step: XLA:CPU runs convolutions inside a
+  # lax.scan body many times slower.
+  @functools.partial(_jit, donate_argnums=(0, 1, 2))
+  def train_step(params, stats, opt_state):
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, stats)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), stats, opt_state, loss
 
-    def step(carry, _):
-      params, stats, opt_state = carry
-      # A fixed dropout mask keeps the objective deterministic.
-      (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, stats, jax.random.key(7))
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), stats, opt_state), loss
-
-    (params, stats, _), losses = jax.lax.scan(
-        step, (params, stats, tx.init(params)), None, length=num_steps)
-    final, _ = loss_fn(params, stats, jax.random.key(7))
-    variables = {'params': params, **({'batch_stats': stats} if stats else {})}
-    logits, embedding = model.apply(variables, images, return_embedding=True)
-    return losses, final, logits, embedding, params
-
-  losses, final, logits, embedding, params = run(_key(0))
-  initial, final = float(losses[0]), float(final)
-  assert np.all(np.isfinite(np.asarray(losses))) and np.isfinite(final)
-  assert final < initial - 0.05, (name, np.asarray(losses), final)
-  # Eval-mode outputs: float32 and the embedding is what the last Dense eats.
-  assert logits.shape == (32, 4) and logits.dtype == jnp.float32
+  opt_state = tx.init(params)
+  losses = []
+  for _ in range(6):
+    params, stats, opt_state, loss = train_step(params, stats, opt_state)
+    losses.append(float(loss))
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] < losses[0] - 0.05, (name, losses)
+  if name == 'resnet50':
+    return  # same head code as resnet18; saves a compile
+  # Eval mode: float32 outputs; the embedding is what the last Dense eats.
+  variables = {'params': params, **({'batch_stats': stats} if stats else {})}
+  logits, embedding = _apply(model, return_embedding=True)(variables, images)
+  assert logits.shape == (16, 4) and logits.dtype == jnp.float32
   assert embedding.ndim == 2 and embedding.dtype == jnp.float32
-  head = {'resnet18': 'fc', 'resnet50': 'fc', 'vgg19': 'fc2',
-          'vgg19_bn': 'fc2'}.get(name, 'classifier')
+  head = {'resnet18': 'fc', 'vgg19': 'fc2'}.get(name, 'classifier')
   dense = params[head]
   np.testing.assert_allclose(
       np.asarray(logits),

@@ -25,6 +25,7 @@ def smoke_config(**overrides):
   c.progress = False
   c.tsne_samples = 200
   c.batch_size = 256
+  c.num_devices = 1  # multi-device equality is covered by tests/test_steps.py
   for k, v in overrides.items():
     c[k] = v
   return c

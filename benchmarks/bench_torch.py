@@ -1,0 +1,170 @@
+"""PyTorch eager vs the JAX train step, same ResNet-18 (small-input stem:
+3x3 stride-1 conv, no max-pool), same batch, same OLS work, one process.
+
+PyTorch side (the official OLS implementation's work per step): forward,
+hard CE + soft CE against ``S[y]``, backward, SGD-momentum update, and the
+accumulation of correct softmax vectors with ``index_add_``.
+JAX side: ``parallel.jit_train_step`` with method ``ols`` and
+``models.create('resnet18', K, small_input=True)``.
+
+Windows of the two frameworks are interleaved (order flipped each window).
+
+  pip install -r benchmarks/requirements.txt
+  python benchmarks/bench_torch.py [--sizes 28,64] [--batch_size 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import common  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from ols_jax import parallel  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def torch_available() -> bool:
+  try:
+    import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    return True
+  except ImportError:
+    return False
+
+
+def _torch_resnet18(num_classes: int, nn):
+  """torchvision-layout ResNet-18 with the small-input stem."""
+
+  class Block(nn.Module):
+
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+      self.bn1 = nn.BatchNorm2d(cout)
+      self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+      self.bn2 = nn.BatchNorm2d(cout)
+      self.relu = nn.ReLU(inplace=True)
+      self.down = None
+      if stride != 1 or cin != cout:
+        self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                  nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+      y = self.relu(self.bn1(self.conv1(x)))
+      y = self.bn2(self.conv2(y))
+      return self.relu(y + (x if self.down is None else self.down(x)))
+
+  layers = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True)]
+  cin = 64
+  for i, width in enumerate((64, 128, 256, 512)):
+    for j in range(2):
+      layers.append(Block(cin, width, 2 if (i > 0 and j == 0) else 1))
+      cin = width
+  layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
+  return nn.Sequential(*layers)
+
+
+class TorchRunner:
+  """One PyTorch OLS train step per call unit (eager, float32)."""
+
+  def __init__(self, batch, num_classes: int, channels_last: bool = False):
+    import torch  # pylint: disable=import-outside-toplevel
+    self.torch = torch
+    self.model = _torch_resnet18(num_classes, torch.nn)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    self.model = self.model.to(memory_format=fmt).train()
+    self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+    self.x = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous(
+        memory_format=fmt)
+    self.y = torch.from_numpy(batch["label"]).long()
+    self.k = num_classes
+    self.soft = torch.full((num_classes, num_classes), 1.0 / num_classes)
+    self.prob_sums = torch.zeros(num_classes, num_classes)
+    self.counts = torch.zeros(num_classes)
+
+  def step(self):
+    torch = self.torch
+    out = self.model(self.x)
+    logp = torch.log_softmax(out, dim=1)
+    hard = torch.nn.functional.nll_loss(logp, self.y)
+    soft = -(self.soft[self.y] * logp).sum(1).mean()
+    loss = 0.5 * hard + 0.5 * soft
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    self.opt.step()
+    with torch.no_grad():  # official OLS: sum of correct softmax vectors
+      probs = torch.softmax(out.detach(), dim=1)
+      ok = probs.argmax(1) == self.y
+      self.prob_sums.index_add_(0, self.y[ok], probs[ok])
+      self.counts.index_add_(0, self.y[ok], torch.ones_like(self.y[ok],
+                                                             dtype=torch.float))
+    return loss
+
+  def __call__(self, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+      loss = self.step()
+    float(loss.detach())
+    return time.perf_counter() - start
+
+
+def jax_runner(batch, num_classes: int, image_size: int, dtype="float32"):
+  step, mesh = common.jit_step("ols", num_classes)
+  state = common.make_state("resnet18", num_classes, image_size, dtype=dtype)
+  state = parallel.replicate_on_mesh(state, mesh)
+  return common.StepRunner(step, state, parallel.put_batch(batch, mesh))
+
+
+def run(sizes, *, batch_size: int = 128, num_classes: int = 4,
+        windows: int = 3, steps: int = 1, channels_last: bool = True) -> list:
+  import torch  # pylint: disable=import-outside-toplevel
+  rows = []
+  for size in sizes:
+    batch = common.make_batch(batch_size, size, num_classes)
+    runners = {"jax": jax_runner(batch, num_classes, size),
+               "torch": TorchRunner(batch, num_classes, channels_last)}
+    t = common.interleaved(runners, windows=windows, steps=steps, warmup=1)
+    row = {"image_size": size, "batch_size": batch_size, "K": num_classes,
+           "torch_threads": torch.get_num_threads(),
+           "torch_channels_last": channels_last,
+           "jax_images_per_s": batch_size / t["jax"]["median_s"],
+           "torch_images_per_s": batch_size / t["torch"]["median_s"],
+           "jax_over_torch_time": 1 / t["torch"]["ratio_vs_first"]}
+    row["jax_speedup_vs_torch"] = t["torch"]["ratio_vs_first"]
+    rows.append(row)
+    print(f"ResNet-18 {size}px b{batch_size}: JAX "
+          f"{row['jax_images_per_s']:7.1f} img/s  torch "
+          f"{row['torch_images_per_s']:7.1f} img/s  JAX speed-up "
+          f"{row['jax_speedup_vs_torch']:.2f}x", flush=True)
+  return rows
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument("--sizes", default="28,64")
+  p.add_argument("--batch_size", type=int, default=128)
+  p.add_argument("--windows", type=int, default=3)
+  p.add_argument("--steps", type=int, default=1)
+  p.add_argument("--no_channels_last", action="store_true")
+  p.add_argument("--json", type=pathlib.Path, default=None)
+  a = p.parse_args()
+  if not torch_available():
+    sys.exit("torch is not installed: pip install -r benchmarks/requirements.txt")
+  rows = run([int(s) for s in a.sizes.split(",")], batch_size=a.batch_size,
+             windows=a.windows, steps=a.steps,
+             channels_last=not a.no_channels_last)
+  if a.json:
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps({"machine": common.machine_info(),
+                                  "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                                  "torch": rows}, indent=2))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,102 @@
+"""XLA CPU flag screening: JAX train-step time under several ``XLA_FLAGS``.
+
+XLA_FLAGS is read once per process, so every setting runs in its own
+subprocess; rounds alternate the settings (A B C, C B A, ...) and the median
+per setting is reported with its ratio to the first (the default).
+
+  python benchmarks/bench_xla_flags.py [--rounds 2] [--image_size 28]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+SETTINGS = {
+    "default": "",
+    "onednn": "--xla_cpu_use_onednn=true",
+    "xnnpack": "--xla_cpu_use_xnnpack=true",
+    "no_multi_thread_eigen": "--xla_cpu_multi_thread_eigen=false",
+}
+
+_CHILD = r"""
+import json, sys
+sys.path.insert(0, {here!r})
+import common
+from ols_jax import parallel
+size, batch_size, steps = {size}, {batch}, {steps}
+b = common.make_batch(batch_size, size, 4)
+step, mesh = common.jit_step("ols", 4)
+st = parallel.replicate_on_mesh(
+    common.make_state("resnet18", 4, size, width={width}), mesh)
+r = common.StepRunner(step, st, parallel.put_batch(b, mesh))
+r(1)
+print("RESULT", json.dumps(r(steps) / steps))
+"""
+
+
+def child_time(flags: str, *, size: int, batch: int, steps: int,
+               width: float) -> float:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
+  code = _CHILD.format(here=str(HERE), size=size, batch=batch, steps=steps,
+                       width=width)
+  out = subprocess.run([sys.executable, "-c", code], env=env, check=False,
+                       capture_output=True, text=True)
+  for line in out.stdout.splitlines():
+    if line.startswith("RESULT "):
+      return float(json.loads(line.split(" ", 1)[1]))
+  raise RuntimeError(f"flags {flags!r} failed: {out.stderr[-2000:]}")
+
+
+def run(settings=None, *, rounds: int = 2, size: int = 28, batch: int = 32,
+        steps: int = 3, width: float = 1.0) -> list:
+  settings = dict(SETTINGS if settings is None else settings)
+  names = list(settings)
+  times = {n: [] for n in names}
+  for r in range(rounds):
+    for name in (names if r % 2 == 0 else names[::-1]):
+      try:
+        times[name].append(child_time(settings[name], size=size, batch=batch,
+                                      steps=steps, width=width))
+      except RuntimeError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+  base = statistics.median(times[names[0]])
+  rows = []
+  for name in names:
+    if not times[name]:
+      rows.append({"setting": name, "xla_flags": settings[name], "error": True})
+      continue
+    med = statistics.median(times[name])
+    rows.append({"setting": name, "xla_flags": settings[name],
+                 "step_ms": 1e3 * med, "time_vs_default": med / base,
+                 "image_size": size, "batch_size": batch, "width": width})
+    print(f"{name:24s} {1e3 * med:9.1f} ms/step  x{med / base:.3f}  "
+          f"[{settings[name]}]", flush=True)
+  return rows
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument("--rounds", type=int, default=2)
+  p.add_argument("--image_size", type=int, default=28)
+  p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--width", type=float, default=1.0)
+  p.add_argument("--json", type=pathlib.Path, default=None)
+  a = p.parse_args()
+  rows = run(rounds=a.rounds, size=a.image_size, batch=a.batch_size,
+             steps=a.steps, width=a.width)
+  if a.json:
+    a.json.write_text(json.dumps({"xla_flags": rows}, indent=2))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,157 @@
+"""The whole benchmark suite in one command: prints a table, writes JSON.
+
+  nice python benchmarks/run_all.py --quick --json benchmarks/results/cpu.json
+
+Sections: OLS overhead vs CE (ResNet-18 x0.25, 28 px, b128, K=4/165), OLS
+cost vs K (small backbone, K=4..10000: step ratio, boundary, memory), compile
+cold/warm and eval throughput, 1/2/4 fake CPU devices (jit + pmap, equality
+with 1 device), input pipeline vs training throughput, and optionally
+PyTorch vs JAX (``--torch``, needs ``benchmarks/requirements.txt``) and an
+XLA CPU flag screen (``--xla_flags``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import common  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def pipeline_vs_model(quick: bool) -> list:
+  """Input-pipeline images/s vs train-step images/s at 64 and 224 px."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  import bench_input  # pylint: disable=import-outside-toplevel
+  from ols_jax import data  # pylint: disable=import-outside-toplevel
+  from ols_jax import parallel  # pylint: disable=import-outside-toplevel
+  rows = []
+  batch = 128
+  with tempfile.TemporaryDirectory() as tmp:
+    cases = [("npz uint8 64px", lambda: data.load_dataset(
+        "brain_tumor_mri", image_size=64).splits["train"], 64,
+              "resnet18", True)]
+    cases.append(("JPEG 224px", lambda: bench_input._jpeg_source(  # pylint: disable=protected-access
+        pathlib.Path(tmp)), 224, "resnet18", False))
+    for label, source_fn, size, model, small in cases:
+      source = source_fn()
+      pipe = bench_input.measure(source, image_size=size, num_workers=0,
+                                 batch_size=batch,
+                                 num_batches=2 if quick else 8)
+      # Training throughput: ResNet-18 x0.25 (the CPU-sized model) at size.
+      step, mesh = common.jit_step("ols", 4)
+      st = common.make_state(model, 4, size, width=0.25, small_input=small)
+      runner = common.StepRunner(step, parallel.replicate_on_mesh(st, mesh),
+                                 parallel.put_batch(common.make_batch(
+                                     batch, size, 4), mesh))
+      runner(1)
+      n = 1 if quick else 3
+      train = n * batch / runner(n)
+      rows.append({"input": label, "image_size": size, "num_workers": 0,
+                   "pipeline_images_per_s": pipe,
+                   "model": f"{model} x0.25", "train_images_per_s": train,
+                   "pipeline_over_train": pipe / train})
+      print(f"{label:16s} pipeline {pipe:8.1f} img/s   train ({model} x0.25)"
+            f" {train:8.1f} img/s   ratio {pipe / train:.1f}x", flush=True)
+  return rows
+
+
+def table(results: dict) -> str:
+  lines = []
+  add = lines.append
+  add("| section | setting | value |")
+  add("|---|---|---|")
+  for r in results.get("ols_overhead", []):
+    add(f"| OLS vs CE step | {r['model']} x{r['width']} {r['image_size']}px "
+        f"b{r['batch_size']} K={r['K']} | ce {r['ce_step_ms']:.1f} ms, ols "
+        f"{r['ols_step_ms']:.1f} ms, ratio {r['ols_over_ce']:.3f} "
+        f"({r['overhead_pct']:+.1f}%) |")
+  for r in results.get("ols_scaling", []):
+    add(f"| OLS vs K | {r['model']} x{r['width']} K={r['K']} | ratio "
+        f"{r['ols_over_ce']:.3f} ({r['overhead_pct']:+.1f}%), boundary "
+        f"{r['boundary_ms']:.2f} ms, S+sums+counts "
+        f"{r['accumulator_bytes'] / 2**20:.2f} MiB |")
+  c = results.get("compile_eval")
+  if c:
+    add(f"| compile train step | {c['model']} x{c['width']} {c['image_size']}px"
+        f" | cold {c['cold_compile_s']:.2f} s, warm cache "
+        f"{c['warm_compile_s']:.2f} s |")
+    add(f"| eval throughput | {c['model']} x{c['width']} {c['image_size']}px "
+        f"b{c['batch_size']} | {c['eval_images_per_s']:.0f} img/s |")
+  for r in results.get("scaling", []):
+    add(f"| devices | {r['devices']} fake CPU, {r['path']} | "
+        f"{r['images_per_s']:.1f} img/s, max|dS| {r['max_abs_diff_S']:.1e}, "
+        f"max|dparams| {r['max_abs_diff_params']:.1e} |")
+  for r in results.get("pipeline", []):
+    add(f"| pipeline vs train | {r['input']} | pipeline "
+        f"{r['pipeline_images_per_s']:.0f} img/s, train "
+        f"{r['train_images_per_s']:.1f} img/s, {r['pipeline_over_train']:.1f}x |")
+  for r in results.get("torch", []):
+    add(f"| torch vs JAX | ResNet-18 {r['image_size']}px b{r['batch_size']} | "
+        f"JAX {r['jax_images_per_s']:.1f} img/s, torch "
+        f"{r['torch_images_per_s']:.1f} img/s, JAX x"
+        f"{r['jax_speedup_vs_torch']:.2f} |")
+  for r in results.get("xla_flags", []):
+    if not r.get("error"):
+      add(f"| XLA flags | {r['setting']} | {r['step_ms']:.0f} ms/step, "
+          f"x{r['time_vs_default']:.3f} vs default |")
+  return "\n".join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument("--quick", action="store_true")
+  p.add_argument("--torch", action="store_true", help="PyTorch comparison")
+  p.add_argument("--xla_flags", action="store_true", help="XLA flag screen")
+  p.add_argument("--skip", default="", help="comma list of sections to skip")
+  p.add_argument("--json", type=pathlib.Path,
+                 default=pathlib.Path("benchmarks/results/cpu.json"))
+  a = p.parse_args()
+  skip = set(filter(None, a.skip.split(",")))
+  q = a.quick
+  results, timings = {"machine": common.machine_info(), "quick": q}, {}
+
+  def section(name, fn):
+    if name in skip:
+      return
+    t0 = time.perf_counter()
+    print(f"== {name}", flush=True)
+    results[name] = fn()
+    timings[name] = time.perf_counter() - t0
+
+  import bench_ols_overhead  # pylint: disable=import-outside-toplevel
+  section("ols_overhead", lambda: bench_ols_overhead.run(
+      [4, 165], model="resnet18", width=0.25, image_size=28, batch_size=128,
+      windows=5 if q else 9, steps=2 if q else 4))
+  section("ols_scaling", lambda: bench_ols_overhead.run(
+      [4, 165, 1000, 10000], model="tiny_cnn", width=1.0, image_size=28,
+      batch_size=128, windows=5 if q else 9, steps=3 if q else 6))
+  import bench_compile_eval  # pylint: disable=import-outside-toplevel
+  section("compile_eval", lambda: bench_compile_eval.run(
+      model="resnet18", width=0.25, size=28))
+  import bench_scaling  # pylint: disable=import-outside-toplevel
+  section("scaling", lambda: bench_scaling.run(
+      (1, 2, 4), steps=2 if q else 4, model="tiny_cnn" if q else "resnet18",
+      width=1.0 if q else 0.25))
+  section("pipeline", lambda: pipeline_vs_model(q))
+  if a.torch:
+    import bench_torch  # pylint: disable=import-outside-toplevel
+    section("torch", lambda: bench_torch.run(
+        [28] if q else [28, 64], windows=3 if q else 5))
+  if a.xla_flags:
+    import bench_xla_flags  # pylint: disable=import-outside-toplevel
+    section("xla_flags", lambda: bench_xla_flags.run(rounds=1 if q else 3))
+  results["section_seconds"] = timings
+  print()
+  print(table(results))
+  print(f"\ntotal {sum(timings.values()):.0f} s")
+  a.json.parent.mkdir(parents=True, exist_ok=True)
+  a.json.write_text(json.dumps(results, indent=2, default=float))
+
+
+if __name__ == "__main__":
+  main()

@@ -218,6 +218,8 @@ class DataParallel:
 
   def _batch(self, batch):
     if self.mode == "jit":
+      if all(isinstance(x, jax.Array) for x in jax.tree.leaves(batch)):
+        return batch  # already placed by prefetch()
       return put_batch(batch, self.mesh)
     return split_for_pmap(batch, self._n)
 
@@ -237,6 +239,17 @@ class DataParallel:
 
   def boundary(self, state):
     return self._boundary(state)
+
+  def prefetch(self, batches, size: int = 2):
+    """Host batches placed on the devices ``size`` steps ahead (jit path)."""
+    if self.mode == "jit":
+      return prefetch_to_device(batches, self.mesh, size)
+    return iter(batches)
+
+  def step(self, state) -> int:
+    """The state's step as a Python int (fetches one scalar)."""
+    step = jax.device_get(state.step)
+    return int(step if self.mode == "jit" else step[0])
 
   def soft_labels(self, state) -> np.ndarray:
     s = jax.device_get(state.ols.soft_labels)

@@ -159,7 +159,7 @@ def _check_config_against_workdir(config, workdir: pathlib.Path,
 # ----------------------------------------------------------------------------
 
 
-def evaluate(eval_fn, state, source, config, mesh, *, with_outputs: bool,
+def evaluate(dp: parallel.DataParallel, state, source, config, *, with_outputs: bool,
              channels: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
   """Runs the eval step over a whole split.
 
@@ -176,7 +176,7 @@ def evaluate(eval_fn, state, source, config, mesh, *, with_outputs: bool,
   logits, embs, labels = [], [], []
   for batch in it:
     host_labels, host_mask = batch["label"], batch["mask"]
-    sums, out = eval_fn(state, parallel.put_batch(batch, mesh))
+    sums, out = dp.evaluate(state, batch, with_outputs=with_outputs)
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     if with_outputs:
       keep = host_mask > 0
@@ -286,7 +286,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if workdir.is_dir():
     _check_config_against_workdir(config, workdir, write=False)
 
-  mesh = parallel.make_mesh(devices)
   n_train = len(dataset.splits["train"])
   steps_per_epoch = data_lib.steps_per_epoch(n_train, config.batch_size)
   if steps_per_epoch == 0:
@@ -296,7 +295,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   total_steps = steps_per_epoch * config.num_epochs
   spec = config_lib.loss_spec(config, k)
   schedule = learning_rate_schedule(config, steps_per_epoch)
-  model = make_model(config, k)
+  model = make_model(config, k, bn_axis_name=(
+      parallel.PMAP_AXIS if config.parallel == "pmap" else None))
   rng = jax.random.PRNGKey(config.seed)
   state = train_state_lib.create(
       model, make_optimizer(config, schedule),
@@ -306,7 +306,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   teacher_apply, teacher_vars = None, None
   if spec.needs_teacher:
     teacher_apply, teacher_vars = load_teacher(config, k, channels)
-    teacher_vars = parallel.replicate_on_mesh(teacher_vars, mesh)
+  dp = parallel.DataParallel(config.parallel, spec, devices, num_bins=config.num_bins,
+                             teacher_apply=teacher_apply)
+  if teacher_vars is not None:
+    teacher_vars = dp.to_device(teacher_vars)
 
   # Everything is validated and loaded: only now is the workdir written to.
   _check_workdir(workdir)
@@ -321,16 +324,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   _check_config_against_workdir(config, workdir)
 
   writer = MetricWriter(workdir / "metrics.jsonl", truncate_after_step=int(state.step))
-  state = parallel.replicate_on_mesh(state, mesh)
-  train_fn = parallel.jit_train_step(spec, mesh, teacher_apply=teacher_apply)
-  eval_fn = parallel.jit_eval_step(mesh, config.num_bins, with_outputs=False)
-  eval_out_fn = parallel.jit_eval_step(mesh, config.num_bins, with_outputs=True)
-  boundary_fn = parallel.jit_epoch_boundary(mesh, spec.freeze_threshold)
+  state = dp.to_device(state)
   soft_dir = workdir / "soft_labels"
   soft_dir.mkdir(exist_ok=True)
   if not (soft_dir / "epoch_000_initial.npy").exists():
     _save_npy_atomic(soft_dir / "epoch_000_initial.npy",
-                     np.asarray(jax.device_get(state.ols.soft_labels)))
+                     dp.soft_labels(state))
 
   progress = Progress(total_steps, enabled=config.progress, stream=sys.stderr)
   epoch, start_step = progress_meta["epoch"], progress_meta["step_in_epoch"]
@@ -345,6 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         augment=config.augment, epoch=epoch, start_step=start_step,
         process_index=jax.process_index(), process_count=jax.process_count(),
         num_workers=config.num_workers)
+    batches = dp.prefetch(it)
     # A mid-epoch checkpoint also holds the sums since the last log line, so
     # the next line after a resume equals that of an uninterrupted run.
     window = progress_meta.get("window_sums") or dict(zero)
@@ -353,11 +353,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     window_start = time.time()
     window_steps = 0
     for step_in_epoch in range(start_step, steps_per_epoch):
-      batch = next(it)
+      batch = next(batches)
       global_step = epoch * steps_per_epoch + step_in_epoch + 1
       if os.environ.get(_NAN_ENV_VAR) == str(global_step):
         batch = dict(batch, image=np.full_like(batch["image"], np.nan))
-      state, m = train_fn(state, parallel.put_batch(batch, mesh), *train_args)
+      state, m = dp.train(state, batch, *train_args)
       epoch_sums, window, first_bad = _accumulate(
           epoch_sums, window, first_bad, m, global_step)
       window_steps += 1
@@ -380,28 +380,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           and global_step % config.checkpoint_every_steps == 0):
         host_sums = jax.device_get(epoch_sums)
         _check_finite(host_sums, first_bad, global_step, steps_per_epoch)
-        ckpt.save_last(global_step, state, dict(
+        ckpt.save_last(global_step, dp.to_host(state), dict(
             progress_meta, epoch=epoch, step_in_epoch=step_in_epoch + 1,
             epoch_sums={k_: float(v) for k_, v in host_sums.items()},
             window_sums={k_: float(v) for k_, v in jax.device_get(window).items()}))
       checkpointing.crash_point("step", global_step)
     it.close()
     host_sums = jax.device_get(epoch_sums)
-    _check_finite(host_sums, first_bad, int(state.step), steps_per_epoch)
+    _check_finite(host_sums, first_bad, dp.step(state), steps_per_epoch)
 
     # Epoch boundary: the next S from this epoch's sums.
     if spec.uses_ols:
-      state = boundary_fn(state)
-      soft = np.asarray(jax.device_get(state.ols.soft_labels))
+      state = dp.boundary(state)
+      soft = dp.soft_labels(state)
       _save_npy_atomic(soft_dir / f"epoch_{epoch + 1:03d}.npy", soft)
       progress_meta["entropy_history"].append(
           np.asarray(ols.row_entropy(soft)).tolist())
-    val, _ = evaluate(eval_fn, state, dataset.splits["val"], config, mesh,
+    val, _ = evaluate(dp, state, dataset.splits["val"], config,
                       with_outputs=False, channels=channels)
-    record = {"step": int(state.step), "epoch": epoch + 1,
+    record = {"step": dp.step(state), "epoch": epoch + 1,
               "train/loss": host_sums["loss_sum"] / max(host_sums["count"], 1),
               "train/accuracy": host_sums["correct"] / max(host_sums["count"], 1),
-              "learning_rate": float(schedule(int(state.step) - 1))}
+              "learning_rate": float(schedule(dp.step(state) - 1))}
     record.update({f"eval/{k_}": v for k_, v in val.items()})
     if spec.uses_ols:
       record["ols/mean_row_entropy"] = float(np.mean(progress_meta["entropy_history"][-1]))
@@ -420,9 +420,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if improved:
       progress_meta.update(best=float(score), best_epoch=epoch)
     progress_meta["finished"] = epoch >= config.num_epochs
+    host_state = dp.to_host(state)
     if improved:
-      ckpt.save_best(int(state.step), state, progress_meta)
-    ckpt.save_last(int(state.step), state, progress_meta)
+      ckpt.save_best(int(host_state.step), host_state, progress_meta)
+    ckpt.save_last(int(host_state.step), host_state, progress_meta)
   progress.close()
   ckpt.wait()
 
@@ -430,17 +431,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   summary_path = workdir / "results.json"
   if summary_path.exists():
     summary = json.loads(summary_path.read_text())
-    if summary.get("final_step") == int(jax.device_get(state.step)):
-      best_state = ckpt.restore_best(jax.device_get(state))
+    if summary.get("final_step") == dp.step(state):
+      best_state = ckpt.restore_best(dp.to_host(state))
       writer.close()
       return best_state, summary
-  last_soft = np.asarray(jax.device_get(state.ols.soft_labels))
-  best_state = ckpt.restore_best(jax.device_get(state))
-  best_state = parallel.replicate_on_mesh(best_state, mesh)
-  _, val_out = evaluate(eval_out_fn, best_state, dataset.splits["val"], config, mesh,
+  last_soft = dp.soft_labels(state)
+  best_state = ckpt.restore_best(dp.to_host(state))
+  final_step = dp.step(state)
+  state = dp.to_device(best_state)
+  _, val_out = evaluate(dp, state, dataset.splits["val"], config,
                         with_outputs=True, channels=channels)
   temperature = calibration.fit_temperature(val_out["logits"], val_out["label"])
-  _, test_out = evaluate(eval_out_fn, best_state, dataset.splits["test"], config, mesh,
+  _, test_out = evaluate(dp, state, dataset.splits["test"], config,
                          with_outputs=True, channels=channels)
   test = full_metrics(test_out["logits"], test_out["label"], config.num_bins)
   test_ts = full_metrics(test_out["logits"], test_out["label"], config.num_bins,
@@ -453,7 +455,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "split_sizes": {s: len(dataset.splits[s]) for s in ("train", "val", "test")},
       "model": config.model, "method": config.method, "seed": config.seed,
       "num_epochs": config.num_epochs, "best_epoch": progress_meta["best_epoch"],
-      "select_metric": config.select_metric, "final_step": int(jax.device_get(state.step)),
+      "select_metric": config.select_metric, "final_step": final_step,
       "device_count": len(devices), "device_kind": devices[0].device_kind,
       "process_count": jax.process_count(),
       "wall_time_s": time.time() - start_time,

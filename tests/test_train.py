@@ -170,3 +170,18 @@ def test_grid_orders_teachers_first():
   methods = [c.method for c in cells if c.seed == 0 and not c.tag]
   assert methods[0] == "ce" and methods[-1] == "kd"
   assert any(c.tag == "alpha0.3" for c in cells)
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_two_device_runs_match_one_device(runs, tmp_path, mode):
+  """The whole loop on 2 devices (jit-sharded or pmap) reproduces 1 device."""
+  _, _, reference = runs["ols"]
+  _, summary = train.train_and_evaluate(
+      smoke_config(method="ols", num_devices=2, parallel=mode), tmp_path / mode)
+  assert summary["device_count"] == 2
+  assert summary["final_step"] == reference["final_step"]
+  for key in ("top1_error", "ece", "nll"):
+    assert summary["test"][key] == pytest.approx(reference["test"][key], abs=2e-3)
+  np.testing.assert_allclose(np.load(tmp_path / mode / "soft_labels" / "epoch_002.npy"),
+                             np.load(runs["ols"][0] / "soft_labels" / "epoch_002.npy"),
+                             atol=1e-4)

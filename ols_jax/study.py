@@ -304,3 +304,57 @@ def write_summary(out: pathlib.Path, title: str = "") -> pathlib.Path:
 def _curve_arrays(curve: dict) -> dict:
   return {k: (np.asarray(v, np.float64) if isinstance(v, list) else v)
           for k, v in curve.items()}
+
+
+def ablation_figures(folder: pathlib.Path, dest: pathlib.Path) -> list[str]:
+  """Draws the OLS alpha curve (test ECE and top-1 error vs alpha) when the
+  study holds alpha variants, and the mean S row entropy per epoch of every
+  OLS run. Returns the file names written."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  rows = load_results(folder)
+  made = []
+  ols_rows = [r for r in rows if r["method"] == "ols"]
+  by_alpha: dict[float, list[dict]] = {}
+  for r in ols_rows:
+    if r["variant"] == "ols" or r["variant"].startswith("ols_alpha"):
+      a = 0.5 if r["variant"] == "ols" else float(r["variant"][len("ols_alpha"):])
+      by_alpha.setdefault(a, []).append(r)
+  if len(by_alpha) > 1:
+    fig = Figure(figsize=(8, 3.2))
+    for i, (key, label) in enumerate((("ece", "test ECE (%)"),
+                                      ("top1_error", "test top-1 error (%)"))):
+      ax = fig.add_subplot(1, 2, i + 1)
+      alphas = sorted(by_alpha)
+      for split, style in (("test", "o-"), ("test_ts", "s--")):
+        means = [100 * np.mean([r[split][key] for r in by_alpha[a]]) for a in alphas]
+        ax.plot(alphas, means, style, label="after TS" if split == "test_ts" else "raw")
+        for a in alphas:
+          ax.scatter([a] * len(by_alpha[a]), [100 * r[split][key] for r in by_alpha[a]],
+                     s=8, alpha=0.4, color="gray")
+      ax.set_xlabel("alpha (weight of the hard-label term)")
+      ax.set_ylabel(label)
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=8)
+    fig.suptitle("OLS alpha sweep (dots: single seeds)")
+    fig.tight_layout()
+    fig.savefig(dest / "alpha_curve.png", dpi=120)
+    made.append("alpha_curve.png")
+  curves = [(f"{r['variant']} seed {r['seed']}", np.asarray(r["soft_label_row_entropy"]))
+            for r in ols_rows if r.get("soft_label_row_entropy")]
+  if curves:
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    for label, ent in curves:
+      ax.plot(np.arange(1, len(ent) + 1), ent.mean(axis=1), marker=".", label=label)
+    k = rows[0]["num_classes"]
+    ax.axhline(np.log(k), color="gray", ls=":", label=f"uniform (log {k})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean row entropy of S (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(dest / "s_entropy.png", dpi=120)
+    made.append("s_entropy.png")
+  return made

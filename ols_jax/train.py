@@ -335,6 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   epoch, start_step = progress_meta["epoch"], progress_meta["step_in_epoch"]
   train_args = (teacher_vars,) if spec.needs_teacher else ()
   zero = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "finite": 1.0}
+  nan_at_step = os.environ.get(_NAN_ENV_VAR)  # test-only NaN injection
   while epoch < config.num_epochs and not progress_meta["finished"]:
     epoch_sums = progress_meta["epoch_sums"] or dict(zero)
     epoch_sums = {k_: jnp.asarray(v, jnp.float32) for k_, v in epoch_sums.items()}
@@ -355,7 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     for step_in_epoch in range(start_step, steps_per_epoch):
       batch = next(batches)
       global_step = epoch * steps_per_epoch + step_in_epoch + 1
-      if os.environ.get(_NAN_ENV_VAR) == str(global_step):
+      if nan_at_step == str(global_step):
         batch = dict(batch, image=np.full_like(batch["image"], np.nan))
       state, m = dp.train(state, batch, *train_args)
       epoch_sums, window, first_bad = _accumulate(

@@ -1,11 +1,9 @@
 """Shared datasets, folder datasets and the grain input pipeline."""
 
-import pathlib
 import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from ols_jax import data
 from ols_jax.data import augment as augment_lib

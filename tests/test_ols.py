@@ -219,7 +219,6 @@ class NextSoftLabelsTest(chex.TestCase):
 
 
 def test_freeze_rule():
-  k = 3
   prev = jnp.array([[0.9, 0.05, 0.05], [0.5, 0.4, 0.1], [0.95, 0.03, 0.02]])
   state = ols.OLSState(soft_labels=prev,
                        prob_sums=jnp.array([[1.4, .3, .3], [.2, 1.6, .2], [0., 0., 0.]]),

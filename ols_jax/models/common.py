@@ -154,3 +154,24 @@ def check_input(x: jax.Array, model: str) -> None:
   if x.ndim != 4:
     raise ValueError(f'{model} expects (B, H, W, C) input, got shape {x.shape}')
 
+
+
+def classifier_head(embedding: jax.Array, *, num_classes: int, dropout_rate: float,
+                    train: bool, dtype: Dtype, kernel_init, name: str,
+                    return_embedding: bool):
+  """Dropout (train only) + Dense on the pooled embedding; float32 logits.
+
+  Called from inside a parent's ``nn.compact`` method, so the Dense and
+  Dropout become the parent's submodules (param names ``name``/kernel|bias).
+
+  Returns:
+    logits, or ``(logits, embedding)`` when ``return_embedding``.
+  """
+  y = embedding
+  if dropout_rate > 0.0:
+    y = nn.Dropout(dropout_rate, deterministic=not train)(y)
+  logits = nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=kernel_init, bias_init=nn.initializers.zeros,
+                    name=name)(y)
+  logits = jnp.asarray(logits, jnp.float32)
+  return (logits, embedding) if return_embedding else logits

@@ -64,21 +64,11 @@ class TinyCNN(nn.Module):
                             epsilon=self.bn_epsilon,
                             axis_name=self.bn_axis_name, name=f'bn{i}')(x)
       x = nn.relu(x)
-    embedding = common.global_avg_pool(x)
-    y = embedding
-    if self.dropout_rate > 0.0:
-      y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    logits = nn.Dense(
-        self.num_classes,
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        kernel_init=common.torch_linear_kernel_init,
-        bias_init=nn.initializers.zeros,
-        name='classifier')(y)
-    logits = jnp.asarray(logits, jnp.float32)
-    if return_embedding:
-      return logits, embedding
-    return logits
+    return common.classifier_head(
+        common.global_avg_pool(x), num_classes=self.num_classes,
+        dropout_rate=self.dropout_rate, train=train, dtype=self.dtype,
+        kernel_init=common.torch_linear_kernel_init, name='classifier',
+        return_embedding=return_embedding)
 
 
 def tiny_cnn(num_classes: int = 10, **options) -> TinyCNN:

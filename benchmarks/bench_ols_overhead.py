@@ -40,6 +40,35 @@ def boundary_time(state, mesh, repeats: int = 5) -> float:
   return statistics.median(times)
 
 
+def isolated_ols_ms(k: int, batch_size: int, repeats: int = 200) -> float:
+  """Median ms of the work OLS adds to a step, compiled alone: the float32
+  softmax + scatter-add accumulation and the soft-target term's gradient
+  with respect to the logits (what CE does not do). Far less noisy than a
+  difference of two whole-step timings on a shared machine."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from ols_jax import ols  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(batch_size, k)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, k, batch_size), jnp.int32)
+
+  def extra(state, logits, labels):
+    soft = lambda z: ols.loss(z, labels, state.soft_labels, 0.0)  # noqa: E731
+    return ols.accumulate(state, logits, labels), jax.grad(soft)(logits)
+
+  fn = jax.jit(extra, donate_argnums=0)
+  state = ols.init(k)
+  state, g = fn(state, logits, labels)
+  jax.block_until_ready(g)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    state, g = fn(state, logits, labels)
+    jax.block_until_ready((state, g))
+    times.append(time.perf_counter() - start)
+  return 1e3 * statistics.median(times)
+
+
 def measure_k(k: int, *, model: str, width: float, image_size: int,
               batch_size: int, windows: int, steps: int,
               dtype: str = "float32") -> dict:
@@ -65,7 +94,9 @@ def measure_k(k: int, *, model: str, width: float, image_size: int,
       "accumulator_bytes": common.tree_bytes(
           (acc.soft_labels, acc.prob_sums, acc.counts)),
       "boundary_ms": 1e3 * boundary_time(ols_state, mesh),
+      "isolated_ols_ms": isolated_ols_ms(k, batch_size),
   }
+  row["isolated_pct_of_ce_step"] = 100 * row["isolated_ols_ms"] / row["ce_step_ms"]
   return row
 
 
@@ -77,7 +108,9 @@ def run(ks, **kwargs) -> list:
     print(f"K={k:6d}  ce {row['ce_step_ms']:8.2f} ms  ols "
           f"{row['ols_step_ms']:8.2f} ms  ratio {row['ols_over_ce']:.4f} "
           f"({row['overhead_pct']:+.1f}%)  boundary {row['boundary_ms']:.2f} ms"
-          f"  S+sums+counts {row['accumulator_bytes'] / 2**20:.2f} MiB",
+          f"  S+sums+counts {row['accumulator_bytes'] / 2**20:.2f} MiB"
+          f"  isolated OLS work {row['isolated_ols_ms']:.3f} ms "
+          f"({row['isolated_pct_of_ce_step']:.2f}% of the CE step)",
           flush=True)
   return rows
 

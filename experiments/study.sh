@@ -24,10 +24,12 @@ run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/brain_tumor_mri_l
   --methods=ols --models=resnet18 --seeds=0 --alphas=0.3,0.7,0.9 --ols_inits=zeros \
   --title="Brain MRI (4 classes), ResNet-18 w0.25, long schedule (20 epochs, no augmentation)" \
   -- --config.num_epochs=20 --config.augment=none
-# 3. Many classes: 44-class brain MRI (tumour type x sequence).
+# 3. Many classes: 44-class brain MRI (tumour type x sequence); seeds 0,1 first, then 2.
+for seeds in 0,1 0,1,2; do
 run --config=experiments/configs/brain_tumor_44.py --out=$OUT/brain_tumor_44 \
-  --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
+  --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=$seeds \
   --title="Brain MRI (44 classes), ResNet-18 w0.25, 12 epochs" -- --config.num_epochs=12
+done
 # 4. Binary contrast: breast ultrasound.
 run --config=experiments/configs/breast_us.py --out=$OUT/breast_us \
   --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \

@@ -188,7 +188,8 @@ def _best_marks(stats: dict, key: str, higher_better: bool = False) -> set:
   """Variants whose mean is best and beats every other by more than the
   larger of the two standard deviations."""
   items = [(k, s[key]) for k, s in stats.items() if np.isfinite(s[key][0])]
-  if len(items) < 2:
+  # Without a spread (one seed) no difference can be called real.
+  if len(items) < 2 or any(n < 2 for _, (_, _, n) in items):
     return set()
   sign = -1.0 if higher_better else 1.0
   best_key, (bm, bs, _) = min(items, key=lambda kv: sign * kv[1][0])

@@ -17,11 +17,16 @@ from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ols_jax import cli  # noqa: E402
+from ols_jax import parallel  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (resumed if it holds a run).")
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks on errors.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Multi-host run: call jax.distributed.initialize() first (coordinator, process "
+    "count and id from the cluster environment, e.g. SLURM or Cloud TPU).")
 
 
 def main(argv):
@@ -32,6 +37,8 @@ def main(argv):
     # error is reported on one line (--debug shows everything).
     logging.get_absl_logger().addFilter(
         lambda r: r.levelno < logging.converter.STANDARD_ERROR or "orbax" not in r.pathname)
+  if _DISTRIBUTED.value:
+    parallel.initialize_distributed(auto=True)
   return cli.run_main(_CONFIG.value, _WORKDIR.value, debug=_DEBUG.value)
 
 

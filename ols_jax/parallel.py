@@ -27,15 +27,21 @@ PMAP_AXIS = "batch"
 
 def initialize_distributed(coordinator_address: Optional[str] = None,
                            num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None) -> None:
-  """Joins a multi-host run (no-op when there is one process and no arguments).
+                           process_id: Optional[int] = None,
+                           auto: bool = False) -> None:
+  """Joins a multi-host run.
+
+  A no-op when there is one process and no arguments, unless ``auto``: then
+  ``jax.distributed.initialize()`` detects everything from the cluster
+  environment (SLURM, Open MPI, Cloud TPU, ...).
 
   Args:
     coordinator_address: ``host:port`` of process 0, or None to auto-detect.
     num_processes: total processes, or None to auto-detect.
     process_id: this process's index, or None to auto-detect.
+    auto: initialise even without arguments.
   """
-  if coordinator_address is None and num_processes in (None, 1):
+  if not auto and coordinator_address is None and num_processes in (None, 1):
     return
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes,

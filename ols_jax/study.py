@@ -29,7 +29,9 @@ COLUMNS = (
     ("calibration_gap", "conf-acc %", 100.0),
     ("nll", "NLL", 1.0),
     ("brier", "Brier", 1.0),
+    ("auroc_macro", "AUROC", 1.0),
 )
+HIGHER_IS_BETTER = frozenset({"auroc_macro"})
 EMBEDDING_COLUMNS = (("silhouette", "silhouette"), ("knn_accuracy", "5-NN acc"),
                      ("intra_inter_ratio", "intra/inter"))
 
@@ -200,10 +202,11 @@ def _best_marks(stats: dict, key: str, higher_better: bool = False) -> set:
 
 
 def markdown_table(stats: dict, *, with_embedding: bool = True,
-                   with_k5: bool = True) -> str:
+                   with_k5: bool = True, with_auroc: bool = False) -> str:
   """mean ± std table; the best per column is bold only when it beats every
   other row by more than the spread."""
-  cols = [c for c in COLUMNS if with_k5 or c[0] != "top5_error"]
+  cols = [c for c in COLUMNS if (with_k5 or c[0] != "top5_error")
+          and (with_auroc or c[0] != "auroc_macro")]
   header = ["model", "method", "n"] + [h for _, h, _ in cols]
   if with_embedding:
     header += [h for _, h in EMBEDDING_COLUMNS]
@@ -213,7 +216,8 @@ def markdown_table(stats: dict, *, with_embedding: bool = True,
   for (model, variant), s in stats.items():
     by_model.setdefault(model, {})[variant] = s
   for model, variants in by_model.items():
-    marks = {k: _best_marks(variants, k) for k, _, _ in cols if k != "calibration_gap"}
+    marks = {k: _best_marks(variants, k, higher_better=k in HIGHER_IS_BETTER)
+             for k, _, _ in cols if k != "calibration_gap"}
     marks.update({k: _best_marks(variants, k, higher_better=(k != "intra_inter_ratio"))
                   for k, _ in EMBEDDING_COLUMNS})
     for variant, s in variants.items():
@@ -284,9 +288,10 @@ def write_summary(out: pathlib.Path, title: str = "") -> pathlib.Path:
            f"{len(rows)} runs; dataset {rows[0]['dataset']} ({k} classes, splits "
            f"{rows[0]['split_sizes']}); mean ± std over seeds (sample std); bold = best "
            "by more than the spread of both rows.", "",
-           "## Test split", "", markdown_table(stats, with_k5=k > 5), "",
+           "## Test split", "", markdown_table(stats, with_k5=k > 5, with_auroc=k == 2), "",
            "## Test split after temperature scaling (T fitted on validation)", "",
-           markdown_table(stats_ts, with_embedding=False, with_k5=k > 5), "",
+           markdown_table(stats_ts, with_embedding=False, with_k5=k > 5,
+                          with_auroc=k == 2), "",
            "## Paired comparison (same seed = same data order and augmentation)", "",
            "Negative mean diff = OLS lower (better).", "",
            paired_wins(rows), ""]

@@ -102,8 +102,7 @@ def _abstract(state):
 class Checkpointer:
   """Saves and restores ``(TrainState, meta)`` in a workdir."""
 
-  def __init__(self, workdir: pathlib.Path, config=None):
-    del config
+  def __init__(self, workdir: pathlib.Path):
     _install_checkpoint_write_crash()
     root = pathlib.Path(workdir).resolve() / "checkpoints"
     self._root = root

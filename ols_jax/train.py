@@ -313,7 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   # Everything is validated and loaded: only now is the workdir written to.
   _check_workdir(workdir)
-  ckpt = checkpointing.Checkpointer(workdir, config)
+  ckpt = checkpointing.Checkpointer(workdir)
   progress_meta = {"epoch": 0, "step_in_epoch": 0, "best": None, "best_epoch": -1,
                    "epoch_sums": None, "window_sums": None, "entropy_history": [],
                    "finished": False}

@@ -335,10 +335,11 @@ def ablation_figures(folder: pathlib.Path, dest: pathlib.Path) -> list[str]:
       alphas = sorted(by_alpha)
       for split, style in (("test", "o-"), ("test_ts", "s--")):
         means = [100 * np.mean([r[split][key] for r in by_alpha[a]]) for a in alphas]
-        ax.plot(alphas, means, style, label="after TS" if split == "test_ts" else "raw")
+        line, = ax.plot(alphas, means, style,
+                        label="after TS" if split == "test_ts" else "raw")
         for a in alphas:
           ax.scatter([a] * len(by_alpha[a]), [100 * r[split][key] for r in by_alpha[a]],
-                     s=8, alpha=0.4, color="gray")
+                     s=10, alpha=0.35, color=line.get_color())
       ax.set_xlabel("alpha (weight of the hard-label term)")
       ax.set_ylabel(label)
       ax.grid(alpha=0.3)

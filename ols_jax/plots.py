@@ -153,9 +153,15 @@ def combined_reliability(curves: Mapping[str, Mapping[str, Any]], path,
 
 
 def _short(name: str, max_len: int) -> str:
+  """Shortens a class name, keeping its last word (e.g. the MRI sequence in
+  'Astrocitoma T1C+') so that names differing only at the end stay distinct."""
   name = str(name).replace("_", " ")
   if len(name) <= max_len:
     return name
+  head, _, last = name.rpartition(" ")
+  if head and len(last) + 2 <= max_len // 2:
+    keep = max_len - len(last) - 2
+    return name[:keep] + "\u2026 " + last
   return name[:max_len - 1] + "\u2026"
 
 

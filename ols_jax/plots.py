@@ -159,7 +159,7 @@ def _short(name: str, max_len: int) -> str:
   if len(name) <= max_len:
     return name
   head, _, last = name.rpartition(" ")
-  if head and len(last) + 2 <= max_len // 2:
+  if head and len(last) + 5 <= max_len:  # at least 3 characters of the head
     keep = max_len - len(last) - 2
     return name[:keep] + "\u2026 " + last
   return name[:max_len - 1] + "\u2026"

@@ -277,3 +277,13 @@ def test_gradient_is_analytic_and_none_flows_into_s(data, alpha):
 def test_row_entropy():
   s = jnp.array([[1., 0.], [.5, .5]])
   np.testing.assert_allclose(ols.row_entropy(s), [0., np.log(2)], rtol=1e-6)
+
+
+@hypothesis.given(data=batches())
+def test_batch_statistics_equals_one_accumulate(data):
+  """The segment_sum per-batch statistic equals one scatter-add accumulation."""
+  k, logits, labels, mask = data
+  sums, counts = ols.batch_statistics(logits, labels, k, mask)
+  acc = ols.accumulate(ols.init(k), logits, labels, mask)
+  np.testing.assert_allclose(sums, acc.prob_sums, rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(counts, acc.counts)

@@ -334,11 +334,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   progress = Progress(total_steps, enabled=config.progress, stream=sys.stderr)
   epoch, start_step = progress_meta["epoch"], progress_meta["step_in_epoch"]
   train_args = (teacher_vars,) if spec.needs_teacher else ()
-  zero = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "finite": 1.0}
   nan_at_step = os.environ.get(_NAN_ENV_VAR)  # test-only NaN injection
   while epoch < config.num_epochs and not progress_meta["finished"]:
-    epoch_sums = progress_meta["epoch_sums"] or dict(zero)
-    epoch_sums = {k_: jnp.asarray(v, jnp.float32) for k_, v in epoch_sums.items()}
+    epoch_sums = _device_sums(progress_meta["epoch_sums"])
     it = data_lib.train_iterator(
         dataset.splits["train"], global_batch_size=config.batch_size,
         image_size=config.image_size, channels=channels, seed=config.seed,
@@ -348,8 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     batches = dp.prefetch(it)
     # A mid-epoch checkpoint also holds the sums since the last log line, so
     # the next line after a resume equals that of an uninterrupted run.
-    window = progress_meta.get("window_sums") or dict(zero)
-    window = {k_: jnp.asarray(v, jnp.float32) for k_, v in window.items()}
+    window = _device_sums(progress_meta.get("window_sums"))
     first_bad = jnp.zeros((), jnp.int32)  # first non-finite global step, 0: none.
     window_start = time.time()
     window_steps = 0
@@ -374,8 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                       "learning_rate": float(schedule(global_step - 1)),
                       "steps_per_second": window_steps / dt,
                       "images_per_second": window_steps * config.batch_size / dt})
-        window = {k_: jnp.zeros((), jnp.float32) for k_ in zero}
-        window["finite"] = jnp.ones((), jnp.float32)
+        window = _device_sums(None)
         window_start, window_steps = time.time(), 0
       if (config.checkpoint_every_steps and not last_in_epoch
           and global_step % config.checkpoint_every_steps == 0):
@@ -491,6 +487,12 @@ def _merge(a, b):
 
 
 @jax.jit
+def _device_sums(saved: Optional[dict]) -> dict[str, jax.Array]:
+  """Running metric sums on device: restored from a checkpoint, or empty."""
+  saved = saved or {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "finite": 1.0}
+  return {k: jnp.asarray(v, jnp.float32) for k, v in saved.items()}
+
+
 def _accumulate(epoch_sums, window, first_bad, m, global_step):
   """Adds one step's metrics to the epoch and log-window sums.
 

@@ -23,6 +23,12 @@ SETTINGS = {
     "default": "",
     "onednn": "--xla_cpu_use_onednn=true",
     "xnnpack": "--xla_cpu_use_xnnpack=true",
+    "xnn_conv": ("--xla_cpu_experimental_xnn_fusion_type="
+                 "individual_convolution"),
+    "ynn_conv": ("--xla_cpu_experimental_ynn_fusion_type="
+                 "individual_convolution"),
+    "onednn_conv": ("--xla_cpu_experimental_onednn_fusion_type="
+                    "individual_convolution"),
     "no_multi_thread_eigen": "--xla_cpu_multi_thread_eigen=false",
 }
 
@@ -90,9 +96,15 @@ def main():
   p.add_argument("--batch_size", type=int, default=32)
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--width", type=float, default=1.0)
+  p.add_argument("--settings", default=",".join(SETTINGS),
+                 help="comma-separated names from SETTINGS (first = baseline)")
   p.add_argument("--json", type=pathlib.Path, default=None)
   a = p.parse_args()
-  rows = run(rounds=a.rounds, size=a.image_size, batch=a.batch_size,
+  names = [n.strip() for n in a.settings.split(",") if n.strip()]
+  unknown = [n for n in names if n not in SETTINGS]
+  if unknown:
+    p.error(f"--settings: unknown {unknown}; valid: {', '.join(SETTINGS)}")
+  rows = run({n: SETTINGS[n] for n in names}, rounds=a.rounds, size=a.image_size, batch=a.batch_size,
              steps=a.steps, width=a.width)
   if a.json:
     a.json.write_text(json.dumps({"xla_flags": rows}, indent=2))

@@ -8,42 +8,84 @@ OUT=${OUT:-runs/study}
 JOBS=${JOBS:-2}
 TPJ=${TPJ:-1}
 run() { python experiments/compare.py --jobs="$JOBS" --threads_per_job="$TPJ" "$@"; }
+# Usage: bash experiments/study.sh [part1|part2|all]   (default: all)
 
-# 1. Main dataset and model, short schedule (under-fitted regime): 5 methods x 3 seeds.
-run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/brain_tumor_mri_short \
-  --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
-  --title="Brain MRI (4 classes), ResNet-18 w0.25, short schedule (4 epochs, crop+flip)" \
-  -- --config.num_epochs=4
-# 2. Main dataset and model, long schedule without augmentation (train accuracy -> ~100%),
-#    with the OLS ablations (alpha, initial S) on seed 0.
-run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/brain_tumor_mri_long \
-  --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
-  --title="Brain MRI (4 classes), ResNet-18 w0.25, long schedule (20 epochs, no augmentation)" \
-  -- --config.num_epochs=20 --config.augment=none
-run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/brain_tumor_mri_long \
-  --methods=ols --models=resnet18 --seeds=0 --alphas=0.3,0.7,0.9 --ols_inits=zeros \
-  --title="Brain MRI (4 classes), ResNet-18 w0.25, long schedule (20 epochs, no augmentation)" \
-  -- --config.num_epochs=20 --config.augment=none
-# 3. Many classes: 44-class brain MRI (tumour type x sequence); seeds 0,1 first, then 2.
-for seeds in 0,1 0,1,2; do
-run --config=experiments/configs/brain_tumor_44.py --out=$OUT/brain_tumor_44 \
-  --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=$seeds \
-  --title="Brain MRI (44 classes), ResNet-18 w0.25, 8 epochs" -- --config.num_epochs=8
-done
-# 4. Binary contrast: breast ultrasound.
-run --config=experiments/configs/breast_us.py --out=$OUT/breast_us \
-  --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
-  --title="Breast ultrasound (binary), ResNet-18 w0.25, 20 epochs" -- --config.num_epochs=20
-# 5. The other paper backbones on the main dataset, short schedule, seed 0, CE and OLS only
-#    (all the CPU time this session had).
-run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/brain_tumor_mri_short \
-  --methods=ce,ols --models=mobilenet_v2,vgg19_bn --seeds=0 \
-  --title="Brain MRI (4 classes), short schedule (4 epochs, crop+flip)" \
-  -- --config.num_epochs=4 --config.width_multiplier=0.25
-# NOT RUN in the first session (no CPU time left); the next chunk of the study:
-# 5. The other paper backbones on the main dataset (short schedule, one seed;
-#    KD teacher: the CE ResNet-18 of the same seed).
-# run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/brain_tumor_mri_short \
-#   --methods=ce,ls,tfkd,kd,ols --models=mobilenet_v2,vgg19_bn --seeds=0 --teacher_model=resnet18 \
-#   --title="Brain MRI (4 classes), short schedule (4 epochs, crop+flip)" \
-#   -- --config.num_epochs=4 --config.width_multiplier=0.25
+part1() {
+  # 1. Main dataset and model, short schedule (under-fitted regime): 5 methods x 3 seeds.
+  run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/brain_tumor_mri_short \
+    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
+    --title="Brain MRI (4 classes), ResNet-18 w0.25, short schedule (4 epochs, crop+flip)" \
+    -- --config.num_epochs=4
+  # 2. Main dataset and model, long schedule without augmentation (train accuracy -> ~100%),
+  #    with the OLS ablations (alpha, initial S) on seed 0.
+  run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/brain_tumor_mri_long \
+    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
+    --title="Brain MRI (4 classes), ResNet-18 w0.25, long schedule (20 epochs, no augmentation)" \
+    -- --config.num_epochs=20 --config.augment=none
+  run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/brain_tumor_mri_long \
+    --methods=ols --models=resnet18 --seeds=0 --alphas=0.3,0.7,0.9 --ols_inits=zeros \
+    --title="Brain MRI (4 classes), ResNet-18 w0.25, long schedule (20 epochs, no augmentation)" \
+    -- --config.num_epochs=20 --config.augment=none
+  # 3. Many classes: 44-class brain MRI (tumour type x sequence); seeds 0,1 first, then 2.
+  for seeds in 0,1 0,1,2; do
+  run --config=experiments/configs/brain_tumor_44.py --out=$OUT/brain_tumor_44 \
+    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=$seeds \
+    --title="Brain MRI (44 classes), ResNet-18 w0.25, 8 epochs" -- --config.num_epochs=8
+  done
+  # 4. Binary contrast: breast ultrasound.
+  run --config=experiments/configs/breast_us.py --out=$OUT/breast_us \
+    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
+    --title="Breast ultrasound (binary), ResNet-18 w0.25, 20 epochs" -- --config.num_epochs=20
+  # 5. The other paper backbones on the main dataset, short schedule, seed 0, CE and OLS only
+  #    (all the CPU time this session had).
+  run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/brain_tumor_mri_short \
+    --methods=ce,ols --models=mobilenet_v2,vgg19_bn --seeds=0 \
+    --title="Brain MRI (4 classes), short schedule (4 epochs, crop+flip)" \
+    -- --config.num_epochs=4 --config.width_multiplier=0.25
+}
+
+part2() {
+  # --- Second session: the other datasets with >= 4 classes, one model (ResNet-18 w0.25, 28 px),
+  #     five methods x 3 seeds, short schedules sized so each run takes 1-5 minutes on one core.
+  #     Epochs per dataset: about 120-530 optimiser steps in all (see each config file).
+  # 6. RadMix, 75 classes (MR/CT/XR/US modality-anatomy-pathology): the RadImageNet-like set.
+  run --config=experiments/configs/radmix.py --out=$OUT/radmix \
+    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
+    --title="RadMix (75 classes), ResNet-18 w0.25, 4 epochs" -- --config.num_epochs=4
+  # 7. Chest CT (4 lung-cancer classes, 493 training images), 30 epochs.
+  run --config=experiments/configs/chest_ct.py --out=$OUT/chest_ct \
+    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
+    --title="Chest CT (4 classes), ResNet-18 w0.25, 30 epochs"
+  # 8. Kidney CT (4 classes, 1369 training images), 15 epochs.
+  run --config=experiments/configs/kidney_ct.py --out=$OUT/kidney_ct \
+    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
+    --title="Kidney CT (4 classes), ResNet-18 w0.25, 15 epochs"
+  # 9. Retina fundus (5 DR grades, RGB, 1080 training images), 20 epochs.
+  run --config=experiments/configs/retina.py --out=$OUT/retina \
+    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
+    --title="Retina fundus (5 DR grades), ResNet-18 w0.25, 20 epochs"
+  # 10. Alzheimer brain MRI (4 dementia stages, 4609 training images), 8 epochs.
+  run --config=experiments/configs/alzheimer_mri.py --out=$OUT/alzheimer_mri \
+    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
+    --title="Alzheimer MRI (4 classes), ResNet-18 w0.25, 8 epochs"
+  # 11. OrganAMNIST (11 organs, 34,561 training images), 2 epochs; seed 0 first, then 1,2.
+  for seeds in 0 0,1,2; do
+  run --config=experiments/configs/organamnist.py --out=$OUT/organamnist \
+    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=$seeds \
+    --title="OrganAMNIST (11 classes), ResNet-18 w0.25, 2 epochs" -- --config.num_epochs=2
+  done
+  # 12. The other paper backbones on the main dataset with all five methods (short schedule,
+  #     seed 0; KD teacher: the CE run of the same backbone). New study folder, so the
+  #     first session's brain_tumor_mri_short summary stays as it is.
+  run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/backbones_short \
+    --methods=ce,ls,tfkd,kd,ols --models=mobilenet_v2,vgg19_bn --seeds=0 \
+    --title="Brain MRI (4 classes), MobileNetV2 and VGG-19-BN w0.25, short schedule (4 epochs, crop+flip)" \
+    -- --config.num_epochs=4 --config.width_multiplier=0.25
+}
+
+case "${1:-all}" in
+  part1) part1 ;;
+  part2) part2 ;;
+  all) part1; part2 ;;
+  *) echo "usage: $0 [part1|part2|all]" >&2; exit 2 ;;
+esac

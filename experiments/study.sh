@@ -47,27 +47,27 @@ part1() {
 part2() {
   # --- Second session: the other datasets with >= 4 classes, one model (ResNet-18 w0.25, 28 px),
   #     five methods x 3 seeds, short schedules sized so each run takes 1-5 minutes on one core.
-  #     Epochs per dataset: about 120-530 optimiser steps in all (see each config file).
+  #     Epochs per dataset: about 80-420 optimiser steps in all (see each config file).
   # 6. RadMix, 75 classes (MR/CT/XR/US modality-anatomy-pathology): the RadImageNet-like set.
   run --config=experiments/configs/radmix.py --out=$OUT/radmix \
     --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
     --title="RadMix (75 classes), ResNet-18 w0.25, 4 epochs" -- --config.num_epochs=4
-  # 7. Chest CT (4 lung-cancer classes, 493 training images), 30 epochs.
-  run --config=experiments/configs/chest_ct.py --out=$OUT/chest_ct \
-    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
-    --title="Chest CT (4 classes), ResNet-18 w0.25, 30 epochs"
-  # 8. Kidney CT (4 classes, 1369 training images), 15 epochs.
-  run --config=experiments/configs/kidney_ct.py --out=$OUT/kidney_ct \
-    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
-    --title="Kidney CT (4 classes), ResNet-18 w0.25, 15 epochs"
-  # 9. Retina fundus (5 DR grades, RGB, 1080 training images), 20 epochs.
-  run --config=experiments/configs/retina.py --out=$OUT/retina \
-    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
-    --title="Retina fundus (5 DR grades), ResNet-18 w0.25, 20 epochs"
-  # 10. Alzheimer brain MRI (4 dementia stages, 4609 training images), 8 epochs.
+  # 7. Alzheimer brain MRI (4 dementia stages, 4609 training images), 5 epochs.
   run --config=experiments/configs/alzheimer_mri.py --out=$OUT/alzheimer_mri \
     --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
-    --title="Alzheimer MRI (4 classes), ResNet-18 w0.25, 8 epochs"
+    --title="Alzheimer MRI (4 classes), ResNet-18 w0.25, 5 epochs"
+  # 8. Kidney CT (4 classes, 1369 training images), 10 epochs.
+  run --config=experiments/configs/kidney_ct.py --out=$OUT/kidney_ct \
+    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
+    --title="Kidney CT (4 classes), ResNet-18 w0.25, 10 epochs"
+  # 9. Chest CT (4 lung-cancer classes, 493 training images), 20 epochs.
+  run --config=experiments/configs/chest_ct.py --out=$OUT/chest_ct \
+    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
+    --title="Chest CT (4 classes), ResNet-18 w0.25, 20 epochs"
+  # 10. Retina fundus (5 DR grades, RGB, 1080 training images), 12 epochs.
+  run --config=experiments/configs/retina.py --out=$OUT/retina \
+    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
+    --title="Retina fundus (5 DR grades), ResNet-18 w0.25, 12 epochs" -- --config.num_epochs=12
   # 11. OrganAMNIST (11 organs, 34,561 training images), 2 epochs; seed 0 first, then 1,2.
   for seeds in 0 0,1,2; do
   run --config=experiments/configs/organamnist.py --out=$OUT/organamnist \

@@ -10,4 +10,4 @@ from ols_jax.config import cpu_config
 
 
 def get_config():
-  return cpu_config("chest_ct", image_size=28, channels=1, num_epochs=30)
+  return cpu_config("chest_ct", image_size=28, channels=1, num_epochs=20)

@@ -5,9 +5,12 @@ PyTorch side (the official OLS implementation's work per step): forward,
 hard CE + soft CE against ``S[y]``, backward, SGD-momentum update, and the
 accumulation of correct softmax vectors with ``index_add_``.
 JAX side: ``parallel.jit_train_step`` with method ``ols`` and
-``models.create('resnet18', K, small_input=True)``.
+``models.create('resnet18', K, small_input=True)``, twice: on one XLA CPU
+device (``jax_1dev``) and with the project default of one host device per
+usable core (``jax``, data parallel; ``parallel.configure_cpu_devices``), which
+is what ``experiments/radimagenet.py`` uses.
 
-Windows of the two frameworks are interleaved (order flipped each window).
+Windows of all runners are interleaved (order flipped each window).
 
   pip install -r benchmarks/requirements.txt
   python benchmarks/bench_torch.py [--sizes 28,64] [--batch_size 128]
@@ -25,6 +28,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402  pylint: disable=g-import-not-at-top
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from ols_jax import parallel  # noqa: E402  pylint: disable=g-import-not-at-top
 
@@ -114,8 +118,10 @@ class TorchRunner:
     return time.perf_counter() - start
 
 
-def jax_runner(batch, num_classes: int, image_size: int, dtype="float32"):
-  step, mesh = common.jit_step("ols", num_classes)
+def jax_runner(batch, num_classes: int, image_size: int, dtype="float32",
+               devices=None):
+  mesh = parallel.make_mesh(devices) if devices is not None else None
+  step, mesh = common.jit_step("ols", num_classes, mesh)
   state = common.make_state("resnet18", num_classes, image_size, dtype=dtype)
   state = parallel.replicate_on_mesh(state, mesh)
   return common.StepRunner(step, state, parallel.put_batch(batch, mesh))
@@ -127,21 +133,35 @@ def run(sizes, *, batch_size: int = 128, num_classes: int = 4,
   rows = []
   for size in sizes:
     batch = common.make_batch(batch_size, size, num_classes)
-    runners = {"jax": jax_runner(batch, num_classes, size),
-               "torch": TorchRunner(batch, num_classes, channels_last)}
+    runners = {"jax": jax_runner(batch, num_classes, size,
+                                 devices=jax.devices())}
+    if len(jax.devices()) > 1:
+      runners["jax_1dev"] = jax_runner(batch, num_classes, size,
+                                       devices=jax.devices()[:1])
+    runners["torch"] = TorchRunner(batch, num_classes, channels_last)
     t = common.interleaved(runners, windows=windows, steps=steps, warmup=1)
     row = {"image_size": size, "batch_size": batch_size, "K": num_classes,
+           "jax_devices": len(jax.devices()),
            "torch_threads": torch.get_num_threads(),
            "torch_channels_last": channels_last,
            "jax_images_per_s": batch_size / t["jax"]["median_s"],
            "torch_images_per_s": batch_size / t["torch"]["median_s"],
            "jax_over_torch_time": 1 / t["torch"]["ratio_vs_first"]}
     row["jax_speedup_vs_torch"] = t["torch"]["ratio_vs_first"]
+    line = (f"ResNet-18 {size}px b{batch_size}: JAX ({len(jax.devices())} "
+            f"CPU devices) {row['jax_images_per_s']:7.1f} img/s  torch "
+            f"{row['torch_images_per_s']:7.1f} img/s  JAX speed-up "
+            f"{row['jax_speedup_vs_torch']:.2f}x")
+    if "jax_1dev" in t:
+      row["jax_1dev_images_per_s"] = batch_size / t["jax_1dev"]["median_s"]
+      # ratio_vs_first = t(jax_1dev) / t(jax), paired per window.
+      row["devices_speedup"] = t["jax_1dev"]["ratio_vs_first"]
+      row["jax_1dev_speedup_vs_torch"] = (row["jax_speedup_vs_torch"]
+                                          / row["devices_speedup"])
+      line += (f" | JAX 1 device {row['jax_1dev_images_per_s']:7.1f} img/s "
+               f"(default is {row['devices_speedup']:.2f}x faster)")
     rows.append(row)
-    print(f"ResNet-18 {size}px b{batch_size}: JAX "
-          f"{row['jax_images_per_s']:7.1f} img/s  torch "
-          f"{row['torch_images_per_s']:7.1f} img/s  JAX speed-up "
-          f"{row['jax_speedup_vs_torch']:.2f}x", flush=True)
+    print(line, flush=True)
   return rows
 
 
@@ -152,8 +172,12 @@ def main():
   p.add_argument("--windows", type=int, default=3)
   p.add_argument("--steps", type=int, default=1)
   p.add_argument("--no_channels_last", action="store_true")
+  p.add_argument("--jax_devices", type=int, default=0,
+                 help="host CPU devices for JAX (0 = one per usable core, the "
+                      "entry point's default; 1 = a single device)")
   p.add_argument("--json", type=pathlib.Path, default=None)
   a = p.parse_args()
+  parallel.configure_cpu_devices(a.jax_devices, (a.batch_size,))
   if not torch_available():
     sys.exit("torch is not installed: pip install -r benchmarks/requirements.txt")
   rows = run([int(s) for s in a.sizes.split(",")], batch_size=a.batch_size,

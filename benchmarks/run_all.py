@@ -60,6 +60,18 @@ def pipeline_vs_model(quick: bool) -> list:
   return rows
 
 
+def _subprocess_rows(script: str, key: str, *args: str) -> list:
+  """Runs ``benchmarks/<script> ... --json tmp`` and returns its ``key`` rows."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  here = pathlib.Path(__file__).resolve().parent
+  with tempfile.TemporaryDirectory() as tmp:
+    out = pathlib.Path(tmp) / "rows.json"
+    subprocess.run([sys.executable, str(here / script), *args, "--json",
+                    str(out)], check=True)
+    return json.loads(out.read_text())[key]
+
+
 def table(results: dict) -> str:
   lines = []
   add = lines.append
@@ -91,10 +103,13 @@ def table(results: dict) -> str:
         f"{r['pipeline_images_per_s']:.0f} img/s, train "
         f"{r['train_images_per_s']:.1f} img/s, {r['pipeline_over_train']:.1f}x |")
   for r in results.get("torch", []):
+    one = (f"; JAX on 1 device {r['jax_1dev_images_per_s']:.1f} img/s (x"
+           f"{r['jax_1dev_speedup_vs_torch']:.2f})"
+           if "jax_1dev_images_per_s" in r else "")
     add(f"| torch vs JAX | ResNet-18 {r['image_size']}px b{r['batch_size']} | "
-        f"JAX {r['jax_images_per_s']:.1f} img/s, torch "
-        f"{r['torch_images_per_s']:.1f} img/s, JAX x"
-        f"{r['jax_speedup_vs_torch']:.2f} |")
+        f"JAX ({r.get('jax_devices', 1)} CPU devices) {r['jax_images_per_s']:.1f} "
+        f"img/s, torch {r['torch_images_per_s']:.1f} img/s, JAX x"
+        f"{r['jax_speedup_vs_torch']:.2f}{one} |")
   for r in results.get("xla_flags", []):
     if not r.get("error"):
       add(f"| XLA flags | {r['setting']} | {r['step_ms']:.0f} ms/step, "
@@ -139,9 +154,11 @@ def main():
       width=1.0 if q else 0.25))
   section("pipeline", lambda: pipeline_vs_model(q))
   if a.torch:
-    import bench_torch  # pylint: disable=import-outside-toplevel
-    section("torch", lambda: bench_torch.run(
-        [28] if q else [28, 64], windows=3 if q else 5))
+    # Own process: the project's default CPU device split must be configured
+    # before JAX starts, and this process already started it.
+    section("torch", lambda: _subprocess_rows(
+        "bench_torch.py", "torch", "--sizes", "28" if q else "28,64",
+        "--windows", "3" if q else "5"))
   if a.xla_flags:
     import bench_xla_flags  # pylint: disable=import-outside-toplevel
     section("xla_flags", lambda: bench_xla_flags.run(rounds=1 if q else 3))

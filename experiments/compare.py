@@ -44,7 +44,9 @@ def main(argv=None):
                  help="model of the CE run used as KD teacher (default: same model)")
   p.add_argument("--jobs", type=int, default=1, help="parallel runs")
   p.add_argument("--threads_per_job", type=int, default=0,
-                 help="limit XLA CPU threads per run (0 = XLA default)")
+                 help="cores per run on a CPU host: 1 = one XLA thread; N > 1 = N host "
+                      "devices (data parallel); 0 = the entry point's default "
+                      "(one device per core)")
   p.add_argument("--title", default="")
   p.add_argument("--summarise_only", action="store_true")
   args = p.parse_args(argv)

@@ -27,6 +27,12 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Multi-host run: call jax.distributed.initialize() first (coordinator, process "
     "count and id from the cluster environment, e.g. SLURM or Cloud TPU).")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 0,
+    "On a CPU-only host: split the CPU into this many XLA devices for data "
+    "parallelism (XLA runs each convolution on one thread). 0 = one per usable "
+    "core, reduced to a count that divides the batch sizes; 1 = a single device. "
+    "Ignored when XLA_FLAGS already fixes the host device count or thread count.")
 
 
 def main(argv):
@@ -39,6 +45,10 @@ def main(argv):
         lambda r: r.levelno < logging.converter.STANDARD_ERROR or "orbax" not in r.pathname)
   if _DISTRIBUTED.value:
     parallel.initialize_distributed(auto=True)
+  else:
+    config = _CONFIG.value
+    parallel.configure_cpu_devices(_CPU_DEVICES.value,
+                                   (config.batch_size, config.eval_batch_size))
   return cli.run_main(_CONFIG.value, _WORKDIR.value, debug=_DEBUG.value)
 
 

@@ -12,6 +12,7 @@ global ``jax.Array`` with ``jax.make_array_from_process_local_data``.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -46,6 +47,63 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes,
                              process_id=process_id)
+
+
+def usable_cores() -> int:
+  """CPU cores this process may run on (its affinity mask, not the machine)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def cpu_device_count(requested: int, batch_sizes: Sequence[int],
+                     cores: Optional[int] = None) -> int:
+  """How many XLA CPU devices to split the host into.
+
+  XLA CPU runs each convolution of a step on one thread, so on a multi-core
+  host a single CPU device leaves cores idle; data parallelism over several
+  host devices (one per core) runs the per-device convolutions concurrently.
+  ``requested`` 0 means one device per usable core, reduced to the largest
+  count that divides every batch size; any other value is taken as is.
+
+  Args:
+    requested: the wanted count, or 0 for automatic.
+    batch_sizes: global batch sizes that must split evenly over the devices.
+    cores: usable cores (default: :func:`usable_cores`).
+
+  Returns:
+    The device count, >= 1.
+  """
+  if requested < 0:
+    raise ValueError(f"cpu_devices: expected >= 0, got {requested}")
+  if requested:
+    return requested
+  n = max(1, usable_cores() if cores is None else cores)
+  while n > 1 and any(b % n for b in batch_sizes):
+    n -= 1
+  return n
+
+
+def configure_cpu_devices(requested: int, batch_sizes: Sequence[int]) -> int:
+  """Splits the host CPU into XLA devices before JAX starts its backends.
+
+  Leaves everything alone (and returns 0) when the count was already fixed
+  through ``XLA_FLAGS`` (``--xla_force_host_platform_device_count``) or when
+  XLA's CPU threads were limited (``--xla_cpu_multi_thread_eigen=false``, as
+  the study driver does for runs that share the cores). Accelerator back-ends are not
+  affected: ``jax.devices()`` still lists the GPUs or TPUs.
+
+  Returns:
+    The number of CPU devices configured, or 0 if left to XLA.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if ("xla_force_host_platform_device_count" in flags
+      or "xla_cpu_multi_thread_eigen=false" in flags):
+    return 0
+  n = cpu_device_count(requested, batch_sizes)
+  jax.config.update("jax_num_cpu_devices", n)
+  return n
 
 
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:

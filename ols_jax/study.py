@@ -95,10 +95,12 @@ def run_grid(cells: Sequence[Cell], config_path: str, out: pathlib.Path, *,
   failed: list[Cell] = []
   done = len(cells) - len(pending)
   env = dict(os.environ)
-  if threads_per_job:
+  if threads_per_job == 1:  # one thread per run: XLA's Eigen thread pool off
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads="
-                        f"{threads_per_job}").strip()
+                        " --xla_cpu_multi_thread_eigen=false").strip()
+  elif threads_per_job > 1:  # one host device (one convolution thread) per core
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={threads_per_job}").strip()
 
   def teacher_ready(c: Cell) -> bool:
     if c.method != "kd":

@@ -1,6 +1,10 @@
 """train_step / eval_step / epoch boundary: single device, jit-sharded and pmap."""
 
 import functools
+import os
+import pathlib
+import subprocess
+import sys
 
 import chex
 import flax.linen as nn
@@ -15,6 +19,8 @@ from ols_jax import ols
 from ols_jax import parallel
 from ols_jax import steps
 from ols_jax import train_state
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 K = 4
 N_DEV = 4
@@ -201,6 +207,44 @@ def test_pmap_equals_single_device():
 def test_batch_size_must_split_over_devices():
   with pytest.raises(ValueError, match="batch_size.*multiple of the device count 4"):
     parallel.check_batch_size(30, 4)
+
+
+@pytest.mark.parametrize("requested,batches,cores,expected", [
+    (0, (128, 512), 2, 2),   # one device per core
+    (0, (128, 512), 16, 16),
+    (0, (30, 60), 4, 3),     # largest count <= cores dividing every batch
+    (0, (7,), 4, 1),
+    (0, (128,), 1, 1),
+    (3, (30,), 2, 3),        # an explicit count is taken as is
+])
+def test_cpu_device_count(requested, batches, cores, expected):
+  assert parallel.cpu_device_count(requested, batches, cores=cores) == expected
+
+
+def test_cpu_device_count_rejects_negative():
+  with pytest.raises(ValueError, match="cpu_devices: expected >= 0, got -1"):
+    parallel.cpu_device_count(-1, (128,))
+
+
+_CONFIGURE = ("import jax; from ols_jax import parallel; "
+              "n = parallel.configure_cpu_devices({req}, (128, 512)); "
+              "print(n, len(jax.devices()), parallel.usable_cores())")
+
+
+@pytest.mark.parametrize("extra_flags,req", [("", 0), ("", 1),
+                                              ("--xla_cpu_multi_thread_eigen=false", 0)])
+def test_configure_cpu_devices_in_a_fresh_process(extra_flags, req):
+  """Auto splits the host into one device per core (the batch allowing); an
+  explicit XLA thread limit (the study driver's) leaves XLA's single device."""
+  env = dict(os.environ, XLA_FLAGS=extra_flags, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _CONFIGURE.format(req=req)], env=env,
+                       cwd=REPO, capture_output=True, text=True, check=True)
+  configured, devices, cores = map(int, out.stdout.split())
+  if extra_flags:
+    assert (configured, devices) == (0, 1)
+  else:
+    expected = parallel.cpu_device_count(req, (128, 512), cores=cores)
+    assert configured == devices == expected
 
 
 # --------------------------------------------------------------------------

@@ -367,3 +367,84 @@ def ablation_figures(folder: pathlib.Path, dest: pathlib.Path) -> list[str]:
     fig.savefig(dest / "s_entropy.png", dpi=120)
     made.append("s_entropy.png")
   return made
+
+
+BASELINES = ("ce", "ls", "tfkd", "kd")
+
+
+def load_collected(folder: pathlib.Path) -> list[dict[str, Any]]:
+  """Per-run results collected under ``docs/results/<study>`` (the
+  ``<model>/<variant>/seed<k>.json`` files that ``collect_results`` writes)."""
+  rows = []
+  for path in sorted(pathlib.Path(folder).glob("*/*/seed*.json")):
+    r = json.loads(path.read_text())
+    r["variant"] = path.parent.name
+    rows.append(r)
+  return rows
+
+
+def overview_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """OLS against the four baselines, per model, in one line each.
+
+  For every model that has an ``ols`` run and at least one baseline: OLS's rank
+  (1 = best of the methods present) by mean test top-1 error, ECE and ECE after
+  temperature scaling, the OLS minus CE differences, OLS's signed calibration
+  gap, and its paired wins (same seed) over each baseline by error and ECE.
+  """
+  out = []
+  for model in sorted({r["model"] for r in rows}):
+    mine = [r for r in rows if r["model"] == model]
+    methods = [m for m in ("ols",) + BASELINES if any(r["variant"] == m for r in mine)]
+    if "ols" not in methods or len(methods) < 2:
+      continue
+
+    def mean(method, split, key):
+      return _mean_std(r[split][key] for r in mine if r["variant"] == method)
+
+    row = {"model": model, "methods": methods,
+           "seeds": mean("ols", "test", "top1_error")[2]}
+    for label, split, key in (("error", "test", "top1_error"), ("ece", "test", "ece"),
+                              ("ece_ts", "test_ts", "ece")):
+      means = {m: mean(m, split, key)[0] for m in methods}
+      row[f"rank_{label}"] = 1 + sum(means[m] < means["ols"] for m in methods if m != "ols")
+      row[f"ols_{label}"] = mean("ols", split, key)
+      if "ce" in methods:
+        row[f"ce_{label}"] = mean("ce", split, key)
+    row["ols_gap"] = mean("ols", "test", "calibration_gap")
+    by = {(r["variant"], r["seed"]): r for r in mine}
+    wins = {}
+    for base in methods[1:]:
+      for key in ("top1_error", "ece"):
+        pairs = [(by[("ols", s)]["test"][key], by[(base, s)]["test"][key])
+                 for (v, s) in by if v == base and ("ols", s) in by]
+        wins[(base, key)] = (sum(a < b for a, b in pairs), len(pairs))
+    row["wins"] = wins
+    out.append(row)
+  return out
+
+
+def overview_table(studies: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> str:
+  """Markdown: one line per (study, model) from :func:`overview_rows`."""
+  lines = ["| study | model | seeds | OLS rank: error / ECE / ECE after TS (of n) "
+           "| top-1 err %: OLS vs CE | ECE %: OLS vs CE | ECE after TS %: OLS vs CE "
+           "| OLS conf-acc % | OLS paired wins, error (ce ls tfkd kd) "
+           "| OLS paired wins, ECE (ce ls tfkd kd) |",
+           "|" + "---|" * 10]
+
+  def pm(stat):
+    return f"{100 * stat[0]:.1f} ± {100 * stat[1]:.1f}" if stat[2] else "n/a"
+
+  for name, rows in studies:
+    for r in overview_rows(rows):
+      n = len(r["methods"])
+      ranks = f"{r['rank_error']} / {r['rank_ece']} / {r['rank_ece_ts']} (of {n})"
+      vs = [f"{pm(r['ols_' + k])} vs {pm(r['ce_' + k])}" if "ce_" + k in r else "n/a"
+            for k in ("error", "ece", "ece_ts")]
+      wins = []
+      for key in ("top1_error", "ece"):
+        cells = [f"{r['wins'][(b, key)][0]}/{r['wins'][(b, key)][1]}"
+                 if (b, key) in r["wins"] else "-" for b in BASELINES]
+        wins.append(" ".join(cells))
+      lines.append(f"| {name} | {r['model']} | {r['seeds']} | {ranks} | {vs[0]} | {vs[1]} "
+                   f"| {vs[2]} | {100 * r['ols_gap'][0]:+.1f} | {wins[0]} | {wins[1]} |")
+  return "\n".join(lines)

@@ -172,6 +172,34 @@ def test_grid_orders_teachers_first():
   assert any(c.tag == "alpha0.3" for c in cells)
 
 
+def _fake_result(variant, seed, error, ece, ece_ts, gap=0.0):
+  return {"model": "m", "variant": variant, "seed": seed,
+          "test": {"top1_error": error, "ece": ece, "calibration_gap": gap},
+          "test_ts": {"top1_error": error, "ece": ece_ts}}
+
+
+def test_overview_ranks_and_paired_wins():
+  rows = [
+      # seed 0: OLS best error, worst ECE; seed 1: OLS worst error.
+      _fake_result("ols", 0, 0.10, 0.09, 0.02, gap=-0.05),
+      _fake_result("ols", 1, 0.30, 0.07, 0.02, gap=-0.03),
+      _fake_result("ce", 0, 0.20, 0.05, 0.03), _fake_result("ce", 1, 0.20, 0.05, 0.03),
+      _fake_result("ls", 0, 0.12, 0.01, 0.01), _fake_result("ls", 1, 0.12, 0.01, 0.01),
+  ]
+  (r,) = study.overview_rows(rows)
+  assert r["methods"] == ["ols", "ce", "ls"] and r["seeds"] == 2
+  # Mean error: ols 0.20 (ties ce 0.20, ties are not counted as better), ls 0.12.
+  assert r["rank_error"] == 2
+  assert r["rank_ece"] == 3      # ols 0.08 > ce 0.05 > ls 0.01
+  assert r["rank_ece_ts"] == 2   # ols 0.02 < ce 0.03, > ls 0.01
+  assert r["wins"][("ce", "top1_error")] == (1, 2)
+  assert r["wins"][("ls", "ece")] == (0, 2)
+  assert r["ols_gap"][0] == pytest.approx(-0.04)
+  table = study.overview_table([("toy", rows)])
+  assert "| toy | m | 2 | 2 / 3 / 2 (of 3) | 20.0 ± 14.1 vs 20.0 ± 0.0 |" in table
+  assert table.count("\n") == 2  # header, rule, one row
+
+
 @pytest.mark.parametrize("mode", ["jit", "pmap"])
 def test_two_device_runs_match_one_device(runs, tmp_path, mode):
   """The whole loop on 2 devices (jit-sharded or pmap) reproduces 1 device."""

@@ -5,10 +5,10 @@ size and batch, times the three kernels of training, forward (y = x * w),
 input gradient (dx) and weight gradient (dw), in JAX (XLA CPU, each jitted on
 its own, via ``jax.vjp`` of ``lax.conv_general_dilated``) and, when torch is
 installed, in PyTorch eager (``torch.nn.grad.conv2d_input/_weight``).
-With ``--impl=ols_jax`` the JAX side uses the project's CPU convolution
-(``ols_jax.models.conv``) instead of plain ``lax.conv_general_dilated``.
+It is the measurement behind docs/PERFORMANCE.md's finding that XLA's CPU
+weight-gradient convolution is the slowest part of a training step.
 
-  python benchmarks/bench_conv.py --image_size 64 --batch_size 32 [--impl both]
+  python benchmarks/bench_conv.py --image_size 64 --batch_size 32 --repeats 2
 """
 
 from __future__ import annotations
@@ -54,21 +54,16 @@ def _median_time(fn, *, repeats: int) -> float:
   return statistics.median(times)
 
 
-def jax_times(n, h, cin, cout, k, stride, *, impl: str, repeats: int):
+def jax_times(n, h, cin, cout, k, stride, *, repeats: int):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((n, h, h, cin), np.float32))
   w = jnp.asarray(rng.standard_normal((k, k, cin, cout), np.float32) * 0.1)
   pad = k // 2
-  if impl == "lax":
-    def conv(x, w):
-      return jax.lax.conv_general_dilated(
-          x, w, (stride, stride), [(pad, pad)] * 2,
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  else:
-    from ols_jax.models import conv as conv_lib  # pylint: disable=import-outside-toplevel
 
-    def conv(x, w):
-      return conv_lib.conv2d(x, w, stride, pad)
+  def conv(x, w):
+    return jax.lax.conv_general_dilated(
+        x, w, (stride, stride), [(pad, pad)] * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
   y = jax.jit(conv)(x, w)
   dy = jnp.ones_like(y)
   fwd = jax.jit(conv)
@@ -117,7 +112,6 @@ def main():
   p.add_argument("--image_size", type=int, default=64)
   p.add_argument("--batch_size", type=int, default=32)
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--impl", choices=("lax", "ols_jax", "both"), default="both")
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--json", type=pathlib.Path, default=None)
   a = p.parse_args()
@@ -128,7 +122,7 @@ def main():
     have_torch = True
   except ImportError:
     have_torch = False
-  impls = ("lax", "ols_jax") if a.impl == "both" else (a.impl,)
+  impls = ("lax",)
   rows, totals = [], {}
   print(f"ResNet-18 convolutions, {a.image_size} px, batch {a.batch_size}; "
         "ms per call (median of {a.repeats})".format(a=a))
@@ -137,7 +131,7 @@ def main():
            "stride": stride}
     for impl in impls:
       row[impl] = jax_times(a.batch_size, h, cin, cout, k, stride,
-                            impl=impl, repeats=a.repeats)
+                            repeats=a.repeats)
     if have_torch:
       row["torch"] = torch_times(a.batch_size, h, cin, cout, k, stride,
                                  repeats=a.repeats)

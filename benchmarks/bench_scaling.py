@@ -5,8 +5,10 @@ Each device count runs in a subprocess with
 steps on fixed batches, crosses an epoch boundary, trains again, and writes
 ``S`` and the params. The parent reports throughput and the max abs
 difference of ``S``/params against the 1-device jit run (float32 tolerance).
-Fake devices share the same physical cores, so throughput here measures the
-partitioning overhead, not a speed-up.
+Host devices share the physical cores, but XLA CPU runs each convolution on
+one thread, so up to the core count N devices are a real speed-up (the reason
+the entry point splits a CPU host into one device per core); beyond it, the
+rows measure the partitioning overhead.
 
   python benchmarks/bench_scaling.py [--devices 1,2,4]
 """

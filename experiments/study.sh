@@ -64,6 +64,7 @@ part2() {
   run --config=experiments/configs/chest_ct.py --out=$OUT/chest_ct \
     --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
     --title="Chest CT (4 classes), ResNet-18 w0.25, 20 epochs"
+  # NOT RUN in session 2 (CPU time): steps 10-12 below; rerun part2 to do them.
   # 10. Retina fundus (5 DR grades, RGB, 1080 training images), 12 epochs.
   run --config=experiments/configs/retina.py --out=$OUT/retina \
     --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \

@@ -64,11 +64,11 @@ part2() {
   run --config=experiments/configs/chest_ct.py --out=$OUT/chest_ct \
     --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
     --title="Chest CT (4 classes), ResNet-18 w0.25, 20 epochs"
-  # NOT RUN in session 2 (CPU time): steps 10-12 below; rerun part2 to do them.
   # 10. Retina fundus (5 DR grades, RGB, 1080 training images), 12 epochs.
   run --config=experiments/configs/retina.py --out=$OUT/retina \
     --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
     --title="Retina fundus (5 DR grades), ResNet-18 w0.25, 12 epochs" -- --config.num_epochs=12
+  # NOT RUN in session 2 (CPU time): steps 11-12 below; rerun part2 to do them.
   # 11. OrganAMNIST (11 organs, 34,561 training images), 2 epochs; seed 0 first, then 1,2.
   for seeds in 0 0,1,2; do
   run --config=experiments/configs/organamnist.py --out=$OUT/organamnist \

@@ -122,22 +122,21 @@ def main():
     have_torch = True
   except ImportError:
     have_torch = False
-  impls = ("lax",)
+  frameworks = ("lax", "torch") if have_torch else ("lax",)
   rows, totals = [], {}
   print(f"ResNet-18 convolutions, {a.image_size} px, batch {a.batch_size}; "
         "ms per call (median of {a.repeats})".format(a=a))
   for name, h, cin, cout, k, stride in resnet18_convs(a.image_size):
     row = {"conv": name, "h": h, "cin": cin, "cout": cout, "k": k,
            "stride": stride}
-    for impl in impls:
-      row[impl] = jax_times(a.batch_size, h, cin, cout, k, stride,
-                            repeats=a.repeats)
+    row["lax"] = jax_times(a.batch_size, h, cin, cout, k, stride,
+                           repeats=a.repeats)
     if have_torch:
       row["torch"] = torch_times(a.batch_size, h, cin, cout, k, stride,
                                  repeats=a.repeats)
     rows.append(row)
     cells = []
-    for impl in impls + (("torch",) if have_torch else ()):
+    for impl in frameworks:
       t = row[impl]
       totals.setdefault(impl, {"fwd": 0.0, "dx": 0.0, "dw": 0.0})
       for part in t:

@@ -7,6 +7,11 @@ For every study folder: summary.md/.csv and reliability.png; every run's
 results.json (as <model>/<variant>/seed<k>.json); for seed 0 the run's
 report.md and figures. Checkpoints are never copied. Finally overview.md: OLS
 against the baselines in every study collected under --dest.
+
+To extend a collected study on a machine whose run folders are gone, first put
+its results back into run-folder form (compare.py then skips those cells):
+
+  python experiments/collect_results.py --restore=brain_tumor_mri_long
 """
 
 import argparse
@@ -24,8 +29,18 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--study", default="runs/study")
   p.add_argument("--dest", default="docs/results")
+  p.add_argument("--restore", default="",
+                  help="comma-separated study names: copy docs/results/<name> back to "
+                       "<study>/<name> as run folders, then stop")
   args = p.parse_args()
   src, dest = pathlib.Path(args.study), pathlib.Path(args.dest)
+  if args.restore:
+    for name in args.restore.split(","):
+      if not (dest / name).is_dir():
+        sys.exit(f"error: --restore: {dest / name} is not a collected study folder")
+      n = study.restore_collected(dest / name, src / name)
+      print(f"{name}: restored {n} runs -> {src / name}")
+    return
   for folder in sorted(x for x in src.iterdir() if x.is_dir()):
     rows = study.load_results(folder)
     if not rows:

@@ -8,7 +8,7 @@ OUT=${OUT:-runs/study}
 JOBS=${JOBS:-2}
 TPJ=${TPJ:-1}
 run() { python experiments/compare.py --jobs="$JOBS" --threads_per_job="$TPJ" "$@"; }
-# Usage: bash experiments/study.sh [part1|part2|all]   (default: all)
+# Usage: bash experiments/study.sh [part1|part2|part3|all]   (default: all)
 
 part1() {
   # 1. Main dataset and model, short schedule (under-fitted regime): 5 methods x 3 seeds.
@@ -68,13 +68,14 @@ part2() {
   run --config=experiments/configs/retina.py --out=$OUT/retina \
     --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
     --title="Retina fundus (5 DR grades), ResNet-18 w0.25, 12 epochs" -- --config.num_epochs=12
-  # NOT RUN in session 2 (CPU time): steps 11-12 below; rerun part2 to do them.
-  # 11. OrganAMNIST (11 organs, 34,561 training images), 2 epochs; seed 0 first, then 1,2.
-  for seeds in 0 0,1,2; do
+}
+
+part3() {
+  # --- Third session (same Intel Xeon host type as session 2), two runs at a time.
+  # 11. OrganAMNIST (11 abdominal CT organs, 34,561 training images), 2 epochs (540 steps).
   run --config=experiments/configs/organamnist.py --out=$OUT/organamnist \
-    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=$seeds \
+    --methods=ce,ls,tfkd,kd,ols --models=resnet18 --seeds=0,1,2 \
     --title="OrganAMNIST (11 classes), ResNet-18 w0.25, 2 epochs" -- --config.num_epochs=2
-  done
   # 12. The other paper backbones on the main dataset with all five methods (short schedule,
   #     seed 0; KD teacher: the CE run of the same backbone). New study folder, so the
   #     first session's brain_tumor_mri_short summary stays as it is.
@@ -82,11 +83,19 @@ part2() {
     --methods=ce,ls,tfkd,kd,ols --models=mobilenet_v2,vgg19_bn --seeds=0 \
     --title="Brain MRI (4 classes), MobileNetV2 and VGG-19-BN w0.25, short schedule (4 epochs, crop+flip)" \
     -- --config.num_epochs=4 --config.width_multiplier=0.25
+  # 13. The alpha / initial-S ablations of step 2 on seeds 1 and 2 as well (seed 0 and the
+  #     alpha = 0.5 runs are step 2's and are skipped; session 3 restored step 2's results.json
+  #     files from docs/results/brain_tumor_mri_long into $OUT before running this).
+  run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/brain_tumor_mri_long \
+    --methods=ols --models=resnet18 --seeds=0,1,2 --alphas=0.3,0.7,0.9 --ols_inits=zeros \
+    --title="Brain MRI (4 classes), ResNet-18 w0.25, long schedule (20 epochs, no augmentation)" \
+    -- --config.num_epochs=20 --config.augment=none
 }
 
 case "${1:-all}" in
   part1) part1 ;;
   part2) part2 ;;
-  all) part1; part2 ;;
-  *) echo "usage: $0 [part1|part2|all]" >&2; exit 2 ;;
+  part3) part3 ;;
+  all) part1; part2; part3 ;;
+  *) echo "usage: $0 [part1|part2|part3|all]" >&2; exit 2 ;;
 esac

@@ -165,6 +165,37 @@ def test_compare_driver_aggregates(runs, tmp_path):
   assert len((out / "summary.csv").read_text().splitlines()) == 6
 
 
+def test_collect_then_restore_round_trip(runs, tmp_path):
+  """collect_results copies a study to docs form; --restore puts it back so
+  compare.py skips the restored cells."""
+  out, dest = tmp_path / "study", tmp_path / "docs"
+  for method in ("ce", "ols"):
+    dst = out / "tiny_cnn" / method / "seed0"
+    dst.parent.mkdir(parents=True)
+    shutil.copytree(runs[method][0], dst, ignore=shutil.ignore_patterns("checkpoints"))
+  study.write_summary(out, title="Toy study")
+  script = str(REPO / "experiments" / "collect_results.py")
+  proc = subprocess.run([sys.executable, script, f"--study={tmp_path}", f"--dest={dest}"],
+                        capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (dest / "study" / "tiny_cnn" / "ols" / "seed0.json").exists()
+  assert (dest / "overview.md").exists()
+  fresh = tmp_path / "fresh"
+  proc = subprocess.run([sys.executable, script, f"--study={fresh}", f"--dest={dest}",
+                         "--restore=study"], capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "restored 2 runs" in proc.stdout
+  back = study.load_results(fresh / "study")
+  orig = study.load_results(out)
+  assert [(r["variant"], r["seed"], r["test"]) for r in back] == \
+      [(r["variant"], r["seed"], r["test"]) for r in orig]
+  assert (fresh / "study" / "summary.md").read_text().startswith("# Toy study")
+  assert study.restore_collected(dest / "study", fresh / "study") == 0  # never overwrites
+  proc = subprocess.run([sys.executable, script, f"--study={fresh}", f"--dest={dest}",
+                         "--restore=nope"], capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert proc.returncode != 0 and "nope is not a collected study folder" in proc.stderr
+
+
 def test_grid_orders_teachers_first():
   cells = study.grid(["resnet18"], ["kd", "ols", "ce"], [0, 1], alphas=[0.3])
   methods = [c.method for c in cells if c.seed == 0 and not c.tag]

@@ -83,28 +83,23 @@ part3() {
     --methods=ce,ls,tfkd,kd,ols --models=mobilenet_v2,vgg19_bn --seeds=0 \
     --title="Brain MRI (4 classes), MobileNetV2 and VGG-19-BN w0.25, short schedule (4 epochs, crop+flip)" \
     -- --config.num_epochs=4 --config.width_multiplier=0.25
-  # 13. The alpha / initial-S ablations of step 2 on seed 1 as well (seed 0 and the alpha = 0.5
-  #     runs are step 2's and are skipped; session 3 first restored step 2's results with
-  #     `python experiments/collect_results.py --restore=brain_tumor_mri_long`). Session 3 ran
-  #     seed 1 only (CPU time); --seeds=0,1,2 adds seed 2.
+  # 13. The alpha / initial-S ablations of step 2 on seeds 1 and 2 as well (seed 0 and the
+  #     alpha = 0.5 runs are step 2's and are skipped; session 3 first restored step 2's results
+  #     with `python experiments/collect_results.py --restore=brain_tumor_mri_long`).
   run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/brain_tumor_mri_long \
-    --methods=ols --models=resnet18 --seeds=0,1 --alphas=0.3,0.7,0.9 --ols_inits=zeros \
+    --methods=ols --models=resnet18 --seeds=0,1,2 --alphas=0.3,0.7,0.9 --ols_inits=zeros \
     --title="Brain MRI (4 classes), ResNet-18 w0.25, long schedule (20 epochs, no augmentation)" \
     -- --config.num_epochs=20 --config.augment=none
 }
 
 part4() {
   # --- NOT RUN yet (CPU time ran out in session 3). 14. ResNet-50 (the paper's main backbone)
-  #     at width x0.25 with the small-input stem, all five methods, seed 0 first; then the ablation
-  #     seed 2 and more seeds for the other backbones.
+  #     at width x0.25 with the small-input stem, all five methods, seed 0 first; then more seeds
+  #     for the other backbones.
   run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/backbones_short \
     --methods=ce,ls,tfkd,kd,ols --models=resnet50 --seeds=0 \
     --title="Brain MRI (4 classes), MobileNetV2, VGG-19-BN and ResNet-50 w0.25, short schedule (4 epochs, crop+flip)" \
     -- --config.num_epochs=4 --config.width_multiplier=0.25
-  run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/brain_tumor_mri_long \
-    --methods=ols --models=resnet18 --seeds=0,1,2 --alphas=0.3,0.7,0.9 --ols_inits=zeros \
-    --title="Brain MRI (4 classes), ResNet-18 w0.25, long schedule (20 epochs, no augmentation)" \
-    -- --config.num_epochs=20 --config.augment=none
   run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/backbones_short \
     --methods=ce,ls,tfkd,kd,ols --models=mobilenet_v2,vgg19_bn,resnet50 --seeds=0,1,2 \
     --title="Brain MRI (4 classes), MobileNetV2, VGG-19-BN and ResNet-50 w0.25, short schedule (4 epochs, crop+flip)" \

@@ -174,15 +174,18 @@ def test_collect_then_restore_round_trip(runs, tmp_path):
     dst.parent.mkdir(parents=True)
     shutil.copytree(runs[method][0], dst, ignore=shutil.ignore_patterns("checkpoints"))
   study.write_summary(out, title="Toy study")
-  script = str(REPO / "experiments" / "collect_results.py")
-  proc = subprocess.run([sys.executable, script, f"--study={tmp_path}", f"--dest={dest}"],
-                        capture_output=True, text=True, timeout=300, cwd=REPO)
+
+  def collect(study_dir, *extra):
+    return subprocess.run([sys.executable, str(REPO / "experiments" / "collect_results.py"),
+                           f"--study={study_dir}", f"--dest={dest}", *extra],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+
+  proc = collect(tmp_path)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert (dest / "study" / "tiny_cnn" / "ols" / "seed0.json").exists()
   assert (dest / "overview.md").exists()
   fresh = tmp_path / "fresh"
-  proc = subprocess.run([sys.executable, script, f"--study={fresh}", f"--dest={dest}",
-                         "--restore=study"], capture_output=True, text=True, timeout=300, cwd=REPO)
+  proc = collect(fresh, "--restore=study")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "restored 2 runs" in proc.stdout
   back = study.load_results(fresh / "study")
@@ -191,8 +194,7 @@ def test_collect_then_restore_round_trip(runs, tmp_path):
       [(r["variant"], r["seed"], r["test"]) for r in orig]
   assert (fresh / "study" / "summary.md").read_text().startswith("# Toy study")
   assert study.restore_collected(dest / "study", fresh / "study") == 0  # never overwrites
-  proc = subprocess.run([sys.executable, script, f"--study={fresh}", f"--dest={dest}",
-                         "--restore=nope"], capture_output=True, text=True, timeout=300, cwd=REPO)
+  proc = collect(fresh, "--restore=nope")
   assert proc.returncode != 0 and "nope is not a collected study folder" in proc.stderr
 
 

@@ -315,6 +315,17 @@ def _curve_arrays(curve: dict) -> dict:
           for k, v in curve.items()}
 
 
+def s_entropy_curves(rows: Sequence[dict[str, Any]]
+                     ) -> dict[tuple[str, str, int], np.ndarray]:
+  """``{(model, variant, seed): mean row entropy of S after each epoch}`` of
+  the OLS runs that recorded it (Zhang et al., TIP 2021, Sec. IV: S should
+  settle as training goes on)."""
+  return {(r["model"], r["variant"], int(r["seed"])):
+          np.asarray(r["soft_label_row_entropy"], np.float64).mean(axis=1)
+          for r in sorted(rows, key=lambda r: (r["model"], r["variant"], r["seed"]))
+          if r["method"] == "ols" and r.get("soft_label_row_entropy")}
+
+
 def ablation_figures(folder: pathlib.Path, dest: pathlib.Path) -> list[str]:
   """Draws the OLS alpha curve (test ECE and top-1 error vs alpha) when the
   study holds alpha variants, and the mean S row entropy per epoch of every
@@ -351,16 +362,21 @@ def ablation_figures(folder: pathlib.Path, dest: pathlib.Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(dest / "alpha_curve.png", dpi=120)
     made.append("alpha_curve.png")
-  curves = [(f"{r['variant']} seed {r['seed']}", np.asarray(r["soft_label_row_entropy"]))
-            for r in ols_rows if r.get("soft_label_row_entropy")]
+  curves = s_entropy_curves(ols_rows)
   if curves:
     fig = Figure(figsize=(6, 3.6))
     ax = fig.add_subplot(1, 1, 1)
-    for label, ent in curves:
-      ax.plot(np.arange(1, len(ent) + 1), ent.mean(axis=1), marker=".", label=label)
+    colors = {}
+    for (model, variant, seed), ent in curves.items():
+      color = colors.setdefault((model, variant), f"C{len(colors) % 10}")
+      label = f"{variant} seed {seed}" if len({m for m, _, _ in curves}) == 1 else \
+          f"{model} {variant} seed {seed}"
+      ax.plot(np.arange(1, len(ent) + 1), ent, marker=".", color=color,
+              ls=("-", "--", ":", "-.")[seed % 4], label=label)
     k = rows[0]["num_classes"]
     ax.axhline(np.log(k), color="gray", ls=":", label=f"uniform (log {k})")
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("mean row entropy of S (nats)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)

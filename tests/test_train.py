@@ -233,6 +233,27 @@ def test_overview_ranks_and_paired_wins():
   assert table.count("\n") == 2  # header, rule, one row
 
 
+
+def test_s_entropy_curves_per_model_variant_seed(tmp_path):
+  """Mean row entropy of S per epoch, keyed by (model, variant, seed); non-OLS
+  runs and runs without S are left out; the figure is written for two models."""
+  def row(model, method, seed, ent):
+    return {"model": model, "method": method, "variant": method, "seed": seed,
+            "num_classes": 2, "soft_label_row_entropy": ent}
+  rows = [row("b", "ols", 1, [[0.6, 0.4], [0.2, 0.0]]),
+          row("a", "ols", 0, [[0.69, 0.69]]),
+          row("a", "ce", 0, [[0.1, 0.1]]), row("a", "ols", 2, [])]
+  curves = study.s_entropy_curves(rows)
+  assert list(curves) == [("a", "ols", 0), ("b", "ols", 1)]
+  np.testing.assert_allclose(curves[("b", "ols", 1)], [0.5, 0.1])
+  for model, seed in (("a", 0), ("b", 1)):
+    d = tmp_path / model / "ols" / f"seed{seed}"
+    d.mkdir(parents=True)
+    r = next(r for r in rows if r["model"] == model and r["seed"] == seed)
+    (d / "results.json").write_text(json.dumps(r))
+  assert study.ablation_figures(tmp_path, tmp_path) == ["s_entropy.png"]
+  assert (tmp_path / "s_entropy.png").stat().st_size > 1000
+
 @pytest.mark.parametrize("mode", ["jit", "pmap"])
 def test_two_device_runs_match_one_device(runs, tmp_path, mode):
   """The whole loop on 2 devices (jit-sharded or pmap) reproduces 1 device."""

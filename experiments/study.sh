@@ -103,6 +103,12 @@ part4() {
     --methods=ce,ls,tfkd,kd,ols --models=$model --seeds=0,1,2 --title="$T" \
     -- --config.num_epochs=4 --config.width_multiplier=0.25
   done
+  # 15. Does ResNet-50's OLS leave its near-uniform S on a longer schedule? CE and OLS, seed 0,
+  #     10 epochs (370 steps), own study folder.
+  run --config=experiments/configs/brain_tumor_mri.py --out=$OUT/resnet50_10ep \
+    --methods=ce,ols --models=resnet50 --seeds=0 \
+    --title="Brain MRI (4 classes), ResNet-50 w0.25, 10 epochs (crop+flip): does OLS leave the near-uniform S?" \
+    -- --config.num_epochs=10 --config.width_multiplier=0.25
 }
 
 part5() {

@@ -149,6 +149,7 @@ def combined_reliability(curves: Mapping[str, Mapping[str, Any]], path,
     axes[j // ncols][j % ncols].set_visible(False)
   if title:
     fig.suptitle(title)
+  fig.tight_layout()  # keeps each title clear of the x labels of the row above
   return _save(fig, path)
 
 

@@ -367,10 +367,10 @@ def ablation_figures(folder: pathlib.Path, dest: pathlib.Path) -> list[str]:
     fig = Figure(figsize=(6, 3.6))
     ax = fig.add_subplot(1, 1, 1)
     colors = {}
+    one_model = len({m for m, _, _ in curves}) == 1
     for (model, variant, seed), ent in curves.items():
       color = colors.setdefault((model, variant), f"C{len(colors) % 10}")
-      label = f"{variant} seed {seed}" if len({m for m, _, _ in curves}) == 1 else \
-          f"{model} {variant} seed {seed}"
+      label = f"{variant} seed {seed}" if one_model else f"{model} {variant} seed {seed}"
       ax.plot(np.arange(1, len(ent) + 1), ent, marker=".", color=color,
               ls=("-", "--", ":", "-.")[seed % 4], label=label)
     k = rows[0]["num_classes"]

@@ -233,7 +233,6 @@ def test_overview_ranks_and_paired_wins():
   assert table.count("\n") == 2  # header, rule, one row
 
 
-
 def test_s_entropy_curves_per_model_variant_seed(tmp_path):
   """Mean row entropy of S per epoch, keyed by (model, variant, seed); non-OLS
   runs and runs without S are left out; the figure is written for two models."""
@@ -253,6 +252,7 @@ def test_s_entropy_curves_per_model_variant_seed(tmp_path):
     (d / "results.json").write_text(json.dumps(r))
   assert study.ablation_figures(tmp_path, tmp_path) == ["s_entropy.png"]
   assert (tmp_path / "s_entropy.png").stat().st_size > 1000
+
 
 @pytest.mark.parametrize("mode", ["jit", "pmap"])
 def test_two_device_runs_match_one_device(runs, tmp_path, mode):

@@ -2,7 +2,7 @@
 mean ± std table, a paired comparison and a combined reliability figure.
 
   python experiments/compare.py --config=experiments/configs/brain_tumor_mri.py \
-      --out=runs/study/brain_tumor_mri --methods=ce,ls,tfkd,kd,ols \
+      --out=runs/study/brain_tumor_mri --methods=ce,ls,tfkd_reg,kd,ols \
       --models=resnet18 --seeds=0,1,2 --alphas=0.3,0.7,0.9 --ols_inits=zeros \
       --jobs=2 -- --config.num_epochs=15
 
@@ -35,7 +35,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--config", required=True, help="experiment config file")
   p.add_argument("--out", required=True, help="study folder")
-  p.add_argument("--methods", default="ce,ls,tfkd,kd,ols")
+  p.add_argument("--methods", default="ce,ls,tfkd_reg,kd,ols")
   p.add_argument("--models", default="resnet18")
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--alphas", default="", help="extra OLS alpha values (ablation)")

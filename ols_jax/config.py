@@ -53,10 +53,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.zero_init_residual = False
   # Method.
   c.method = "ols"
-  c.alpha = 0.5            # OLS: hard-term weight; KD/TF-KD: soft-term weight.
-  c.eps = 0.1              # LS smoothing mass.
-  c.temperature = 4.0      # KD / TF-KD.
-  c.tfkd_a = 0.9           # TF-KD virtual teacher's correct-class probability.
+  c.alpha = 0.5            # OLS: hard-term weight; KD/tfkd_paper: soft-term weight.
+  c.eps = 0.1              # LS smoothing mass (ls, ls_kminus1).
+  c.temperature = 4.0      # KD / tfkd_paper.
+  c.tfkd_a = 0.9           # tfkd_paper virtual teacher's correct-class probability.
+  # tfkd_reg: the released Tf-KD code's parameters (ResNet-18 values).
+  c.reg_alpha = 0.1
+  c.reg_temperature = 20.0
+  c.reg_correct_prob = 0.99
+  c.reg_multiplier = 100.0
   c.ols_init = "uniform"
   c.ols_eps = 0.1
   c.freeze_threshold = 0.0  # 0 = freeze rule off (0.88 in the official code).
@@ -106,7 +111,12 @@ def _check_range(config, field, lo, hi, lo_open=False, hi_open=False):
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises :class:`ConfigError` (one line, naming the field) on bad values."""
   from ols_jax import models  # pylint: disable=import-outside-toplevel
+  from ols_jax.data import augment  # pylint: disable=import-outside-toplevel
+  if config.method in losses.RENAMED:
+    raise ConfigError(f"config.method: {config.method!r} was renamed; use "
+                      f"{losses.RENAMED[config.method]}")
   _check_choice(config, "method", losses.METHODS)
+  _check_choice(config, "augment", augment.AUGMENTATIONS)
   if config.model not in models.MODEL_NAMES:
     raise ConfigError(f"config.model: expected one of {', '.join(models.MODEL_NAMES)}, "
                       f"got {config.model!r}")
@@ -122,6 +132,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, "temperature", 0.0, 100.0, lo_open=True)
   _check_range(config, "tfkd_a", 0.0, 1.0, lo_open=True, hi_open=True)
   _check_range(config, "freeze_threshold", 0.0, 1.0)
+  _check_range(config, "reg_alpha", 0.0, 1.0)
+  _check_range(config, "reg_temperature", 0.0, 1000.0, lo_open=True)
+  _check_range(config, "reg_correct_prob", 0.0, 1.0, lo_open=True, hi_open=True)
+  _check_range(config, "reg_multiplier", 0.0, 1e6)
   _check_range(config, "learning_rate", 0.0, 10.0, lo_open=True)
   _check_range(config, "momentum", 0.0, 1.0, hi_open=True)
   _check_range(config, "weight_decay", 0.0, 1.0)
@@ -148,7 +162,10 @@ def loss_spec(config: ml_collections.ConfigDict, num_classes: int) -> losses.Los
       method=config.method, num_classes=num_classes, alpha=float(config.alpha),
       eps=float(config.eps), temperature=float(config.temperature),
       tfkd_a=float(config.tfkd_a),
-      freeze_threshold=float(config.freeze_threshold) or None)
+      freeze_threshold=float(config.freeze_threshold) or None,
+      reg_alpha=float(config.reg_alpha), reg_temperature=float(config.reg_temperature),
+      reg_correct_prob=float(config.reg_correct_prob),
+      reg_multiplier=float(config.reg_multiplier))
 
 
 def result_affecting_differences(saved: dict, current: dict) -> list[str]:

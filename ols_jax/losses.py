@@ -1,22 +1,41 @@
 """Per-example training losses of every method the project compares.
 
 Methods:
-  ``ce``    hard-label cross-entropy.
-  ``ls``    label smoothing (Szegedy et al. 2016; Mueller et al. 2019): target
-            ``1 - eps`` on the true class and ``eps / (K - 1)`` on each other one.
-  ``tfkd``  teacher-free KD with a hand-designed virtual teacher (Yuan et al.,
-            "Revisiting Knowledge Distillation via Label Smoothing
-            Regularization", CVPR 2020): the teacher puts ``a`` on the true class
-            and ``(1 - a) / (K - 1)`` elsewhere; it is softened with temperature
-            ``T`` by ``softmax(log q / T)`` and matched with a KL term of weight
-            ``alpha * T**2`` beside ``(1 - alpha) * CE``.
-  ``kd``    classical KD (Hinton et al. 2015) from a trained teacher's logits:
-            ``(1 - alpha) * CE + alpha * T**2 * KL(softmax(t / T) || softmax(z / T))``.
-  ``ols``   Online Label Smoothing (Zhang et al., IEEE TIP 2021), see
-            :mod:`ols_jax.ols`: ``alpha * CE + (1 - alpha) * CE(S[y])``.
+  ``ce``          hard-label cross-entropy.
+  ``ls``          label smoothing as ``optax.smooth_labels`` and PyTorch's
+                  ``CrossEntropyLoss(label_smoothing=eps)`` define it (Szegedy et
+                  al. 2016; Mueller et al. 2019): target ``(1 - eps) * onehot +
+                  eps / K``, i.e. ``1 - eps + eps / K`` on the true class.
+  ``ls_kminus1``  the other common form (e.g. the Tf-KD repository's
+                  ``loss_label_smoothing``): ``1 - eps`` on the true class and
+                  ``eps / (K - 1)`` on each other class.
+  ``tfkd_reg``    teacher-free KD as released by its authors (Yuan et al.,
+                  "Revisiting Knowledge Distillation via Label Smoothing
+                  Regularization", CVPR 2020; ``loss_kd_regularization``): the
+                  virtual teacher ``q`` (``reg_correct_prob`` on the true class,
+                  the rest spread evenly) is softened as a *probability* vector,
+                  ``softmax(q / reg_temperature)``, and matched against the
+                  student at temperature 1 by PyTorch's element-mean KL (the
+                  per-example KL sum divided by K) times ``reg_multiplier``:
+                  ``(1 - reg_alpha) * CE + reg_alpha * reg_multiplier / K * KL``.
+                  With the released ResNet-18 values (0.99, T = 20, alpha 0.1,
+                  multiplier 100) the teacher is nearly uniform: a confidence
+                  penalty, not label smoothing.
+  ``tfkd_paper``  the paper-equation reading of Tf-KD (the project's former
+                  ``tfkd``): the teacher ``q`` (``tfkd_a`` on the true class) is
+                  softened as logits, ``softmax(log q / T)``, and matched against
+                  the student at ``T`` with weight ``alpha * T**2``. Its optimum
+                  does not move with T and puts about ``tfkd_a`` on the true
+                  class, i.e. it acts like label smoothing.
+  ``kd``          classical KD (Hinton et al. 2015) from a trained teacher's
+                  logits: ``(1 - alpha) * CE + alpha * T**2 *
+                  KL(softmax(t / T) || softmax(z / T))``.
+  ``ols``         Online Label Smoothing (Zhang et al., IEEE TIP 2021), see
+                  :mod:`ols_jax.ols`: ``alpha * CE + (1 - alpha) * CE(S[y])``.
 
-Note the convention: for ``tfkd``/``kd`` ``alpha`` weighs the *soft* term (as in
-the KD literature); for ``ols`` it weighs the *hard* term (as in the OLS paper).
+Note the convention: for ``tfkd_paper``/``kd`` ``alpha`` weighs the *soft*
+term (as in the KD literature); for ``ols`` it weighs the *hard* term (as in
+the OLS paper); ``tfkd_reg`` has its own ``reg_alpha`` (soft-term weight).
 """
 
 from __future__ import annotations
@@ -29,7 +48,10 @@ import jax.numpy as jnp
 
 from ols_jax import ols
 
-METHODS = ("ce", "ls", "tfkd", "kd", "ols")
+METHODS = ("ce", "ls", "ls_kminus1", "tfkd_reg", "tfkd_paper", "kd", "ols")
+# Names that no longer exist, and what to use instead.
+RENAMED = {"tfkd": "'tfkd_reg' (the released Tf-KD code) or 'tfkd_paper' (the "
+                   "paper-equation form, formerly 'tfkd')"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +63,14 @@ class LossSpec:
     num_classes: ``K``.
     alpha: OLS hard-term weight, or the KD/TF-KD soft-term weight.
     eps: label-smoothing mass for ``ls``.
-    temperature: KD / TF-KD temperature.
-    tfkd_a: correct-class probability of the TF-KD virtual teacher.
+    temperature: KD / ``tfkd_paper`` temperature.
+    tfkd_a: correct-class probability of the ``tfkd_paper`` virtual teacher.
     freeze_threshold: OLS freeze rule threshold (None = off).
+    reg_alpha: ``tfkd_reg`` soft-term weight (released: 0.1).
+    reg_temperature: ``tfkd_reg`` temperature of the teacher (released: 20).
+    reg_correct_prob: ``tfkd_reg`` teacher's true-class probability (0.99).
+    reg_multiplier: ``tfkd_reg`` factor on the element-mean KL (released for
+      ResNet-18: 100).
   """
 
   method: str = "ce"
@@ -53,6 +80,10 @@ class LossSpec:
   temperature: float = 4.0
   tfkd_a: float = 0.9
   freeze_threshold: Optional[float] = None
+  reg_alpha: float = 0.1
+  reg_temperature: float = 20.0
+  reg_correct_prob: float = 0.99
+  reg_multiplier: float = 100.0
 
   def __post_init__(self):
     validate(self)
@@ -68,6 +99,8 @@ class LossSpec:
 
 def validate(spec: LossSpec) -> None:
   """Raises ``ValueError`` naming the field when ``spec`` is out of range."""
+  if spec.method in RENAMED:
+    raise ValueError(f"method: {spec.method!r} was renamed; use {RENAMED[spec.method]}")
   if spec.method not in METHODS:
     raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {spec.method!r}")
   if not isinstance(spec.num_classes, int) or spec.num_classes < 2:
@@ -80,6 +113,15 @@ def validate(spec: LossSpec) -> None:
     raise ValueError(f"temperature: expected a value > 0, got {spec.temperature!r}")
   if not 0.0 < spec.tfkd_a < 1.0:
     raise ValueError(f"tfkd_a: expected a value in (0, 1), got {spec.tfkd_a!r}")
+  if not 0.0 <= spec.reg_alpha <= 1.0:
+    raise ValueError(f"reg_alpha: expected a value in [0, 1], got {spec.reg_alpha!r}")
+  if not spec.reg_temperature > 0.0:
+    raise ValueError(f"reg_temperature: expected a value > 0, got {spec.reg_temperature!r}")
+  if not 0.0 < spec.reg_correct_prob < 1.0:
+    raise ValueError(f"reg_correct_prob: expected a value in (0, 1), "
+                     f"got {spec.reg_correct_prob!r}")
+  if not spec.reg_multiplier >= 0.0:
+    raise ValueError(f"reg_multiplier: expected a value >= 0, got {spec.reg_multiplier!r}")
   if spec.freeze_threshold is not None and not 0.0 < spec.freeze_threshold <= 1.0:
     raise ValueError("freeze_threshold: expected None or a value in (0, 1], "
                      f"got {spec.freeze_threshold!r}")
@@ -100,9 +142,55 @@ def _kl(target: jax.Array, logp: jax.Array) -> jax.Array:
 
 
 def smoothed_targets(labels: jax.Array, num_classes: int, eps: float) -> jax.Array:
+  """``(1 - eps) * onehot + eps / K`` (``optax.smooth_labels``, PyTorch)."""
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  return onehot * (1.0 - eps) + eps / num_classes
+
+
+def smoothed_targets_kminus1(labels: jax.Array, num_classes: int,
+                             eps: float) -> jax.Array:
   """``1 - eps`` on the label, ``eps / (K - 1)`` on every other class."""
   onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   return onehot * (1.0 - eps) + (1.0 - onehot) * (eps / (num_classes - 1))
+
+
+def implied_true_class_mass(spec: LossSpec, steps: int = 20000,
+                            step_size: float = 0.1) -> float:
+  """Probability on the true class at the minimum of the per-example loss.
+
+  Minimises ``per_example_loss(spec, z, 0)`` over the logits ``z`` of one
+  example (every listed loss is convex in ``z``) by gradient descent, so it
+  reads the target a method pulls the softmax toward straight off the code:
+  ``1`` for ``ce`` (approached, never reached), ``1 - eps + eps / K`` for
+  ``ls``, ``1 - eps`` for ``ls_kminus1``. Not defined for ``kd`` and ``ols``
+  (teacher / learned S).
+
+  Args:
+    spec: the loss.
+    steps: gradient steps.
+    step_size: their size (small enough for the heaviest released weights).
+
+  Returns:
+    The true-class probability at the optimum.
+  """
+  if spec.method in ("kd", "ols"):
+    raise ValueError(f"method {spec.method!r}: the target depends on a teacher or S")
+  labels = jnp.zeros((1,), jnp.int32)
+
+  def loss(z):
+    return per_example_loss(spec, z[None], labels)[0]
+
+  grad = jax.grad(loss)
+  z = jax.lax.fori_loop(0, steps, lambda _, z: z - step_size * grad(z),
+                        jnp.zeros((spec.num_classes,), jnp.float32))
+  return float(jax.nn.softmax(z)[0])
+
+
+def tfkd_reg_teacher(labels: jax.Array, num_classes: int, correct_prob: float,
+                     temperature: float) -> jax.Array:
+  """The released Tf-KD virtual teacher, ``softmax(q / T)`` of probabilities q."""
+  q = smoothed_targets_kminus1(labels, num_classes, 1.0 - correct_prob)
+  return jax.nn.softmax(q / temperature, axis=-1)
 
 
 def per_example_loss(spec: LossSpec, logits: jax.Array, labels: jax.Array, *,
@@ -131,10 +219,18 @@ def per_example_loss(spec: LossSpec, logits: jax.Array, labels: jax.Array, *,
     return _hard_ce(logp, labels)
   if spec.method == "ls":
     return _soft_ce(logp, smoothed_targets(labels, k, spec.eps))
+  if spec.method == "ls_kminus1":
+    return _soft_ce(logp, smoothed_targets_kminus1(labels, k, spec.eps))
+  if spec.method == "tfkd_reg":
+    teacher = tfkd_reg_teacher(labels, k, spec.reg_correct_prob, spec.reg_temperature)
+    # nn.KLDivLoss() averages over all B * K elements; times the multiplier.
+    kl_element_mean = _kl(teacher, logp) / k
+    return ((1.0 - spec.reg_alpha) * _hard_ce(logp, labels)
+            + spec.reg_alpha * spec.reg_multiplier * kl_element_mean)
   t = spec.temperature
   logp_t = jax.nn.log_softmax(logits / t, axis=-1)
-  if spec.method == "tfkd":
-    q = smoothed_targets(labels, k, 1.0 - spec.tfkd_a)
+  if spec.method == "tfkd_paper":
+    q = smoothed_targets_kminus1(labels, k, 1.0 - spec.tfkd_a)
     teacher = jax.nn.softmax(jnp.log(q) / t, axis=-1)
   elif spec.method == "kd":
     if teacher_logits is None:

@@ -1,6 +1,6 @@
 """Training and evaluation loop: ``train_and_evaluate(config, workdir)``.
 
-One loop for every method (``ce``, ``ls``, ``tfkd``, ``kd``, ``ols``). Model
+One loop for every method (see :data:`ols_jax.losses.METHODS`). Model
 selection uses the validation split only; the test split is evaluated once, at
 the end, with the selected checkpoint. A rerun on the same workdir resumes
 exactly where the last checkpoint left off (the checkpoint holds the
@@ -98,6 +98,20 @@ def _dataset(config) -> data_lib.Dataset:
   return data_lib.load_dataset(
       config.dataset, image_size=config.image_size,
       data_dir=config.data_dir or None, manual_dir=config.manual_dir or None)
+
+
+def _flip_labels(config, info) -> Optional[np.ndarray]:
+  """The flipped-label map when ``config.augment`` mirrors images, else None.
+
+  Raises:
+    ConfigError: the dataset has lateral classes that cannot be mapped.
+  """
+  if config.augment not in data_lib.FLIPPING:
+    return None
+  try:
+    return data_lib.flip_label_map(info.class_names, info.name)
+  except data_lib.DataError as e:
+    raise config_lib.ConfigError(f"config.augment={config.augment!r}: {e}") from None
 
 
 def _check_workdir(workdir: pathlib.Path) -> None:
@@ -286,6 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if workdir.is_dir():
     _check_config_against_workdir(config, workdir, write=False)
 
+  flip_labels = _flip_labels(config, info)
   n_train = len(dataset.splits["train"])
   steps_per_epoch = data_lib.steps_per_epoch(n_train, config.batch_size)
   if steps_per_epoch == 0:
@@ -342,7 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         image_size=config.image_size, channels=channels, seed=config.seed,
         augment=config.augment, epoch=epoch, start_step=start_step,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        num_workers=config.num_workers)
+        num_workers=config.num_workers, flip_labels=flip_labels)
     batches = dp.prefetch(it)
     # A mid-epoch checkpoint also holds the sums since the last log line, so
     # the next line after a resume equals that of an uninterrupted run.
@@ -493,10 +508,12 @@ def _device_sums(saved: Optional[dict]) -> dict[str, jax.Array]:
   return {k: jnp.asarray(v, jnp.float32) for k, v in saved.items()}
 
 
+@jax.jit
 def _accumulate(epoch_sums, window, first_bad, m, global_step):
   """Adds one step's metrics to the epoch and log-window sums.
 
   Also records the first step whose loss or gradient norm is non-finite.
+  One compiled call per step (not a dozen eager ones), no host round-trip.
   """
   finite = jnp.isfinite(m["loss_sum"]) & jnp.isfinite(m["grad_norm"])
   step_sums = {"loss_sum": m["loss_sum"], "correct": m["correct"],

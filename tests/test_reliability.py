@@ -306,7 +306,10 @@ class _FakeState:
 
 @pytest.mark.parametrize("overrides, expected", [
     (dict(method="bogus"),
-     "error: config.method: expected one of ce, ls, tfkd, kd, ols, got 'bogus'"),
+     "error: config.method: expected one of ce, ls, ls_kminus1, tfkd_reg, tfkd_paper, kd, ols, "
+     "got 'bogus'"),
+    (dict(method="tfkd"), "error: config.method: 'tfkd' was renamed; use 'tfkd_reg'"),
+    (dict(augment="flip"), "error: config.augment: expected one of none, crop, crop_flip, "),
     (dict(model="bogus"), "error: config.model: expected one of "),
     (dict(dataset="bogus"),
      "error: unknown dataset 'bogus'; valid names: alzheimer_mri, brain_tumor_44, "),

@@ -271,8 +271,15 @@ def test_method_losses_against_numpy():
   np.testing.assert_allclose(got, ce, rtol=1e-5)
 
   eps = 0.1
-  target = onehot * (1 - eps) + (1 - onehot) * eps / (k - 1)
+  # ls: optax.smooth_labels / PyTorch label_smoothing (eps / K to every class).
+  target = onehot * (1 - eps) + eps / k
   got = losses.per_example_loss(losses.LossSpec("ls", k, eps=eps), z, y)
+  np.testing.assert_allclose(got, -(target * logp).sum(-1), rtol=1e-5)
+  import optax  # pylint: disable=import-outside-toplevel
+  np.testing.assert_allclose(
+      got, optax.softmax_cross_entropy(z, optax.smooth_labels(onehot, eps)), rtol=1e-5)
+  target = onehot * (1 - eps) + (1 - onehot) * eps / (k - 1)
+  got = losses.per_example_loss(losses.LossSpec("ls_kminus1", k, eps=eps), z, y)
   np.testing.assert_allclose(got, -(target * logp).sum(-1), rtol=1e-5)
 
   temp, alpha = 3.0, 0.4
@@ -291,14 +298,46 @@ def test_method_losses_against_numpy():
   q = onehot * a + (1 - onehot) * (1 - a) / (k - 1)
   virt = np.exp(_np_logp(np.log(q) / temp))
   got = losses.per_example_loss(
-      losses.LossSpec("tfkd", k, alpha=alpha, temperature=temp, tfkd_a=a), z, y)
+      losses.LossSpec("tfkd_paper", k, alpha=alpha, temperature=temp, tfkd_a=a), z, y)
   np.testing.assert_allclose(got, (1 - alpha) * ce + alpha * temp**2 * kl(virt, logp_t),
                              rtol=1e-4)
+
+  # tfkd_reg, written as the released loss_kd_regularization reads: q softened
+  # as probabilities, nn.KLDivLoss() (mean over B*K elements) * multiplier.
+  ra, rt, rp, mult = 0.1, 20.0, 0.99, 100.0
+  q = onehot * rp + (1 - onehot) * (1 - rp) / (k - 1)
+  soft = np.exp(q / rt) / np.exp(q / rt).sum(-1, keepdims=True)
+  kl_elem_mean = (soft * (np.log(soft) - logp)).sum() / (b * k)
+  released = (1 - ra) * ce.mean() + ra * kl_elem_mean * mult
+  got = losses.per_example_loss(losses.LossSpec("tfkd_reg", k), z, y)
+  np.testing.assert_allclose(np.mean(got), released, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k", [2, 4, 75])
+def test_implied_true_class_mass(k):
+  eps = 0.1
+  mass = lambda m, **kw: losses.implied_true_class_mass(losses.LossSpec(m, k, **kw))
+  np.testing.assert_allclose(mass("ls", eps=eps), 1 - eps + eps / k, atol=2e-4)
+  np.testing.assert_allclose(mass("ls_kminus1", eps=eps), 1 - eps, atol=2e-4)
+  # tfkd_reg: the optimum is the mixture of the one-hot and the nearly uniform
+  # teacher with weights (1 - a) and a * multiplier / K.
+  t_true = np.exp(0.99 / 20) / (np.exp(0.99 / 20) + (k - 1) * np.exp(0.01 / (k - 1) / 20))
+  w = 0.1 * 100 / k
+  np.testing.assert_allclose(mass("tfkd_reg"), (0.9 + w * t_true) / (0.9 + w), atol=2e-4)
+  with pytest.raises(ValueError, match="teacher or S"):
+    mass("ols")
+
+
+def test_renamed_method_is_a_clear_error():
+  with pytest.raises(ValueError, match="tfkd_reg"):
+    losses.LossSpec("tfkd", 4)
 
 
 @pytest.mark.parametrize("field,value", [
     ("method", "focal"), ("alpha", 1.5), ("alpha", -0.1), ("eps", 1.0),
     ("temperature", 0.0), ("tfkd_a", 1.0), ("freeze_threshold", 0.0),
+    ("reg_alpha", 1.5), ("reg_temperature", 0.0), ("reg_correct_prob", 1.0),
+    ("reg_multiplier", -1.0),
 ])
 def test_loss_spec_rejects_out_of_range(field, value):
   with pytest.raises(ValueError, match=field):

@@ -5,7 +5,7 @@ Run (after building RadImageNet, see docs/DATA.md):
       --workdir=runs/radimagenet_resnet50_ols \
       --config.manual_dir=/data/radimagenet_raw --config.data_dir=/data/tfds
 Switch the backbone with --config.model=mobilenet_v2 or --config.model=vgg19_bn,
-the method with --config.method=ce|ls|tfkd|kd|ols.
+the method with --config.method=ce|ls|ls_kminus1|tfkd_reg|tfkd_paper|kd|ols.
 
 Schedule: 30 epochs, batch 256, lr 0.1 (linear warm-up over 1 epoch) with
 cosine decay, weight decay 1e-4, momentum 0.9; bfloat16 compute on

@@ -1,7 +1,10 @@
-"""Per-example image preprocessing and augmentation in numpy + PIL.
+"""Image preprocessing and augmentation in numpy + PIL.
 
-Every function takes a uint8 image ``(H, W)`` or ``(H, W, C)`` and returns a
-uint8 image; randomness comes only from the ``np.random.Generator`` passed in.
+Per-example functions take a uint8 image ``(H, W)`` or ``(H, W, C)`` and
+return a uint8 image; randomness comes only from the ``np.random.Generator``
+passed in. The crop and flip of a whole batch run vectorised
+(:func:`batch_crop`, :func:`batch_flip`) with per-example offsets and flip
+decisions drawn by the caller.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from PIL import Image
 
 from ols_jax.data.errors import DataError
 
-AUGMENTATIONS = ("none", "crop_flip", "rrc_flip", "crop_flip_rotate")
+AUGMENTATIONS = ("none", "crop", "crop_flip", "rrc_flip", "crop_flip_rotate")
+# Augmentations that mirror images horizontally (labels of lateral classes swap).
+FLIPPING = frozenset({"crop_flip", "rrc_flip", "crop_flip_rotate"})
+# Augmentations that pad-and-crop (CIFAR style, pad = image_size // 8).
+CROPPING = frozenset({"crop", "crop_flip", "crop_flip_rotate"})
 RRC_SCALE = (0.35, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)
 MAX_ROTATION_DEG = 10.0
@@ -56,27 +63,6 @@ def resize(image: np.ndarray, size: int, box=None) -> np.ndarray:
   return np.asarray(pil.resize((size, size), Image.BILINEAR, box=box))
 
 
-def random_crop_with_padding(image: np.ndarray, pad: int,
-                             rng: np.random.Generator) -> np.ndarray:
-  """CIFAR-style crop: zero-pad by ``pad`` on each side, crop back."""
-  if pad <= 0:
-    return image
-  h, w = image.shape[:2]
-  dy, dx = rng.integers(0, 2 * pad + 1, size=2)
-  # Crop window in original coordinates: rows [dy - pad, dy - pad + h).
-  y0, x0 = int(dy) - pad, int(dx) - pad
-  out = np.zeros_like(image)
-  src_y, src_x = max(y0, 0), max(x0, 0)
-  end_y, end_x = min(y0 + h, h), min(x0 + w, w)
-  out[src_y - y0:end_y - y0, src_x - x0:end_x - x0] = image[src_y:end_y,
-                                                            src_x:end_x]
-  return out
-
-
-def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  return image[:, ::-1] if rng.random() < 0.5 else image
-
-
 def random_resized_crop(image: np.ndarray, size: int,
                         rng: np.random.Generator,
                         scale=RRC_SCALE, ratio=RRC_RATIO) -> np.ndarray:
@@ -103,15 +89,81 @@ def random_rotate(image: np.ndarray, rng: np.random.Generator,
       angle, resample=Image.BILINEAR, fillcolor=0))
 
 
+def batch_crop(images: np.ndarray, pad: int, offsets: np.ndarray) -> np.ndarray:
+  """CIFAR-style crop of every image of a batch at once.
+
+  Args:
+    images: uint8 ``(B, H, W)`` or ``(B, H, W, C)``.
+    pad: zero padding on each side.
+    offsets: ``(B, 2)`` integers in ``[0, 2 * pad]``: the window's top-left
+      corner in the padded image (``pad, pad`` = no shift).
+
+  Returns:
+    The cropped batch, same shape and dtype.
+  """
+  if pad <= 0:
+    return images
+  b, h, w = images.shape[:3]
+  widths = ((0, 0), (pad, pad), (pad, pad)) + ((0, 0),) * (images.ndim - 3)
+  padded = np.pad(images, widths)
+  rows = offsets[:, 0, None] + np.arange(h)[None, :]       # (B, H)
+  cols = offsets[:, 1, None] + np.arange(w)[None, :]       # (B, W)
+  return padded[np.arange(b)[:, None, None], rows[:, :, None],
+                cols[:, None, :]]
+
+
+def batch_flip(images: np.ndarray, flip: np.ndarray) -> np.ndarray:
+  """Mirrors the images of a batch where ``flip`` (``(B,)`` bool) is set."""
+  shape = (-1,) + (1,) * (images.ndim - 1)
+  return np.where(flip.reshape(shape), images[:, :, ::-1], images)
+
+
+def to_working_batch(images: np.ndarray, channels: int) -> np.ndarray:
+  """A stored uint8 batch ``(B, H, W[, C])`` in the working colour space.
+
+  Grayscale ``(B, H, W)`` when the images are gray or ``channels == 1``
+  (RGB converted with the ITU-R 601 luma weights), else RGB ``(B, H, W, 3)``;
+  the same rule as :func:`preprocess` applies per image.
+  """
+  if images.ndim == 4 and images.shape[-1] == 1:
+    images = images[..., 0]
+  if images.ndim == 4 and images.shape[-1] == 4:
+    images = images[..., :3]
+  if images.ndim == 3:
+    return images
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise DataError(f"unsupported image batch shape {images.shape}")
+  if channels == 3:
+    return images
+  return np.clip(np.rint(images.astype(np.float32) @ _LUMA), 0,
+                 255).astype(np.uint8)
+
+
+def finish_batch(images: np.ndarray, channels: int) -> np.ndarray:
+  """uint8 working batch -> float32 ``(B, S, S, channels)`` in [-1, 1]."""
+  out = scale_to_unit(images)
+  if out.ndim == 3:
+    out = out[..., None]
+  if out.shape[-1] != channels:
+    out = np.repeat(out, channels, axis=-1)
+  return out
+
+
 def scale_to_unit(image: np.ndarray) -> np.ndarray:
   """uint8 [0, 255] -> float32 [-1, 1]."""
   return image.astype(np.float32) * np.float32(2 / 255) - np.float32(1)
 
 
-def preprocess(image: np.ndarray, *, image_size: int, channels: int,
-               augment: str = "none",
-               rng: np.random.Generator | None = None) -> np.ndarray:
-  """Full per-example path: float32 ``(S, S, channels)`` in [-1, 1]."""
+def working_image(image: np.ndarray, *, image_size: int, channels: int,
+                  augment: str = "none",
+                  rng: np.random.Generator | None = None) -> np.ndarray:
+  """One stored image -> uint8 ``(S, S)`` or ``(S, S, 3)`` in working colour.
+
+  Applies the per-example geometry of ``augment`` (random-resized crop, or
+  rotation) and otherwise a plain resize; the pad-and-crop and the flip are
+  applied later to the whole batch (:func:`batch_crop`, :func:`batch_flip`),
+  where a flip can also swap the labels of lateral classes.
+  """
   if augment not in AUGMENTATIONS:
     raise DataError(f"unknown augment {augment!r}; choose from "
                     f"{AUGMENTATIONS}")
@@ -120,17 +172,15 @@ def preprocess(image: np.ndarray, *, image_size: int, channels: int,
       image.ndim == 2 or image.shape[-1] == 1) else 3)
   image = pad_to_square(image)
   if augment == "rrc_flip":
-    image = random_flip(random_resized_crop(image, image_size, rng), rng)
-  else:
-    image = resize(image, image_size)
-    if augment == "crop_flip_rotate":
-      image = random_rotate(image, rng)
-    if augment in ("crop_flip", "crop_flip_rotate"):
-      image = random_crop_with_padding(image, image_size // 8, rng)
-      image = random_flip(image, rng)
-  out = scale_to_unit(image)
-  if out.ndim == 2:
-    out = out[..., None]
-  if out.shape[-1] != channels:
-    out = np.repeat(out, channels, axis=-1)
-  return out
+    return random_resized_crop(image, image_size, rng)
+  image = resize(image, image_size)
+  if augment == "crop_flip_rotate":
+    image = random_rotate(image, rng)
+  return image
+
+
+def preprocess(image: np.ndarray, *, image_size: int,
+               channels: int) -> np.ndarray:
+  """Evaluation path of one image: float32 ``(S, S, channels)`` in [-1, 1]."""
+  return finish_batch(working_image(image, image_size=image_size,
+                                    channels=channels)[None], channels)[0]

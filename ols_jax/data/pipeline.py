@@ -1,8 +1,10 @@
 """Deterministic, resumable, process-sharded input pipelines on grain.
 
 Epoch order: ``np.random.default_rng([seed, epoch]).permutation(N)``.
-Augmentation of the example at global position ``g`` of an epoch uses
-``np.random.default_rng([seed, epoch, g])``. Both are independent of
+The crop offsets and flips of global batch ``t`` of an epoch come from
+``np.random.default_rng([seed, epoch, t])`` (drawn for the whole global batch,
+applied vectorised), per-example geometry of the example at global position
+``g`` from ``np.random.default_rng([seed, epoch, g])``. All are independent of
 ``start_step``, worker count and process count, so restarting at
 ``start_step=k`` replays batches ``k, k+1, ...`` exactly, and the per-process
 shards of a global batch concatenate to the single-process batch.
@@ -35,27 +37,19 @@ def steps_per_epoch(num_examples: int, global_batch_size: int,
   return math.ceil(num_examples / global_batch_size)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Positions:
-  """Global epoch positions read by one process, batch-major."""
-  num_steps: int
-  start_step: int
-  global_batch_size: int
-  local_batch_size: int
-  process_index: int
-
-  def __len__(self) -> int:
-    return (self.num_steps - self.start_step) * self.local_batch_size
-
-  def __getitem__(self, j: int) -> int:
-    step, row = divmod(int(j), self.local_batch_size)
-    return ((self.start_step + step) * self.global_batch_size
-            + self.process_index * self.local_batch_size + row)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
-class _Example:
-  """Maps a global position to a preprocessed example (or a padding row)."""
+class _Batch:
+  """Builds this process's rows of global batch ``step`` of an epoch.
+
+  Rows are read (a vectorised gather for in-memory arrays stored at the
+  target size, else decoded and resized one by one), then pad-and-cropped and
+  flipped as one batch. The crop offsets and flip decisions of the whole
+  *global* batch come from ``default_rng([seed, epoch, step])`` and each
+  process takes its rows, so the per-process shards concatenate to the
+  single-process batch; per-example geometry (random-resized crop, rotation)
+  uses ``default_rng([seed, epoch, position])``. A flipped example of a
+  lateral class takes its mirrored label (``flip_labels``).
+  """
   source: Any
   order: np.ndarray | None  # None: identity order.
   image_size: int
@@ -63,21 +57,72 @@ class _Example:
   augment: str
   seed: int
   epoch: int
+  start_step: int
+  global_batch_size: int
+  local_batch_size: int
+  process_index: int
+  flip_labels: np.ndarray | None  # None: no lateral classes.
 
-  def __call__(self, position: int) -> dict[str, np.ndarray]:
-    if position >= len(self.source):
-      return {"image": np.zeros((self.image_size, self.image_size,
-                                 self.channels), np.float32),
-              "label": np.int32(0), "mask": np.float32(0)}
-    index = position if self.order is None else int(self.order[position])
-    record = self.source[index]
-    rng = (None if self.augment == "none" else
-           np.random.default_rng([self.seed, self.epoch, position]))
-    image = augment_lib.preprocess(
-        np.asarray(record["image"]), image_size=self.image_size,
-        channels=self.channels, augment=self.augment, rng=rng)
-    return {"image": image, "label": np.int32(record["label"]),
-            "mask": np.float32(1)}
+  def _rows(self, positions: np.ndarray):
+    """uint8 working images and labels of the valid ``positions``."""
+    index = positions if self.order is None else self.order[positions]
+    stored = getattr(self.source, "images", None)
+    if (isinstance(stored, np.ndarray) and stored.dtype == np.uint8
+        and stored.ndim in (3, 4) and stored.shape[1] == stored.shape[2]
+        == self.image_size and self.augment in _BATCH_ONLY):
+      images = augment_lib.to_working_batch(stored[index], self.channels)
+      return images, np.asarray(self.source.labels)[index].astype(np.int32)
+    images, labels = [], []
+    for position, i in zip(positions, index):
+      record = self.source[int(i)]
+      rng = (np.random.default_rng([self.seed, self.epoch, int(position)])
+             if self.augment in _PER_EXAMPLE else None)
+      images.append(augment_lib.working_image(
+          np.asarray(record["image"]), image_size=self.image_size,
+          channels=self.channels, augment=self.augment, rng=rng))
+      labels.append(record["label"])
+    return np.stack(images), np.asarray(labels, np.int32)
+
+  def __call__(self, local_step: int) -> dict[str, np.ndarray]:
+    step = self.start_step + int(local_step)
+    first = step * self.global_batch_size
+    lo = self.process_index * self.local_batch_size
+    positions = first + lo + np.arange(self.local_batch_size)
+    valid = positions < len(self.source)
+    if not valid.any():  # a process's share of the padded last eval batch.
+      return {"image": np.zeros((self.local_batch_size, self.image_size,
+                                 self.image_size, self.channels), np.float32),
+              "label": np.zeros(self.local_batch_size, np.int32),
+              "mask": np.zeros(self.local_batch_size, np.float32)}
+    images, labels = self._rows(positions[valid])
+    if self.augment != "none":
+      rng = np.random.default_rng([self.seed, self.epoch, step])
+      pad = self.image_size // 8
+      offsets = rng.integers(0, 2 * pad + 1, size=(self.global_batch_size, 2))
+      flips = rng.random(self.global_batch_size) < 0.5
+      rows = slice(lo, lo + self.local_batch_size)
+      if self.augment in augment_lib.CROPPING:
+        images = augment_lib.batch_crop(images, pad, offsets[rows][valid])
+      if self.augment in augment_lib.FLIPPING:
+        flip = flips[rows][valid]
+        images = augment_lib.batch_flip(images, flip)
+        if self.flip_labels is not None:
+          labels = np.where(flip, self.flip_labels[labels], labels)
+    out = augment_lib.finish_batch(images, self.channels)
+    if valid.all():
+      mask = np.ones(self.local_batch_size, np.float32)
+      return {"image": out, "label": labels.astype(np.int32), "mask": mask}
+    full = np.zeros((self.local_batch_size,) + out.shape[1:], np.float32)
+    full[valid] = out
+    full_labels = np.zeros(self.local_batch_size, np.int32)
+    full_labels[valid] = labels
+    return {"image": full, "label": full_labels,
+            "mask": valid.astype(np.float32)}
+
+
+# Augmentations done entirely on the batch, and those with per-example geometry.
+_BATCH_ONLY = frozenset({"none", "crop", "crop_flip"})
+_PER_EXAMPLE = frozenset({"rrc_flip", "crop_flip_rotate"})
 
 
 class BatchIterator:
@@ -120,8 +165,8 @@ def _check_sharding(global_batch_size, process_index, process_count):
 
 def _build(source, order, *, num_steps, start_step, global_batch_size,
            process_index, process_count, image_size, channels, augment,
-           seed, epoch, num_workers) -> BatchIterator:
-  """Positions -> examples -> local batches -> (multi-process) iterator."""
+           seed, epoch, num_workers, flip_labels=None) -> BatchIterator:
+  """Global steps -> this process's batches -> (multi-process) iterator."""
   if channels not in (1, 3):
     raise DataError(f"channels must be 1 or 3, got {channels}")
   if augment not in augment_lib.AUGMENTATIONS:
@@ -130,15 +175,17 @@ def _build(source, order, *, num_steps, start_step, global_batch_size,
   local = _check_sharding(global_batch_size, process_index, process_count)
   if not 0 <= start_step <= num_steps:
     raise DataError(f"start_step={start_step} outside [0, {num_steps}]")
-  positions = _Positions(num_steps, start_step, global_batch_size, local,
-                         process_index)
-  example = _Example(source, order, int(image_size), int(channels), augment,
-                     int(seed), int(epoch))
-  ds = (grain.MapDataset.source(positions).map(example)
-        .batch(local, drop_remainder=False))
+  if flip_labels is not None:
+    flip_labels = np.asarray(flip_labels, np.int32)
+    if np.array_equal(flip_labels, np.arange(len(flip_labels))):
+      flip_labels = None
+  make_batch = _Batch(source, order, int(image_size), int(channels), augment,
+                      int(seed), int(epoch), int(start_step),
+                      int(global_batch_size), local, int(process_index),
+                      flip_labels)
+  ds = grain.MapDataset.range(num_steps - start_step).map(make_batch)
   ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=1 if num_workers > 0 else 2,
-      prefetch_buffer_size=_PREFETCH_BATCHES))
+      num_threads=1, prefetch_buffer_size=_PREFETCH_BATCHES))
   if num_workers > 0:
     # grain's worker processes read absl flags; outside absl.app (pytest,
     # notebooks) they are unparsed, so accept their defaults.
@@ -154,12 +201,16 @@ def train_iterator(source, *, global_batch_size: int, image_size: int,
                    epoch: int = 0, start_step: int = 0,
                    process_index: int = 0, process_count: int = 1,
                    num_workers: int = 0,
-                   drop_remainder: bool = True) -> BatchIterator:
+                   drop_remainder: bool = True,
+                   flip_labels: np.ndarray | None = None) -> BatchIterator:
   """One shuffled, augmented epoch of this process's batch shards.
 
   Yields ``{'image': float32 (B_local, S, S, C) in [-1, 1], 'label': int32,
   'mask': float32}``, ``B_local = global_batch_size // process_count``. With
   ``drop_remainder=False`` the last batch is padded with ``mask == 0`` rows.
+  ``flip_labels`` (see :func:`ols_jax.data.laterality.flip_label_map`) maps
+  the label of a horizontally flipped example; None means no class is
+  lateral.
   """
   n = len(source)
   num_steps = steps_per_epoch(n, global_batch_size, drop_remainder)
@@ -174,7 +225,8 @@ def train_iterator(source, *, global_batch_size: int, image_size: int,
                 global_batch_size=global_batch_size,
                 process_index=process_index, process_count=process_count,
                 image_size=image_size, channels=channels, augment=augment,
-                seed=seed, epoch=epoch, num_workers=num_workers)
+                seed=seed, epoch=epoch, num_workers=num_workers,
+                flip_labels=flip_labels)
 
 
 def eval_iterator(source, *, global_batch_size: int, image_size: int,

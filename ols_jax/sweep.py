@@ -1,0 +1,173 @@
+"""Tuned comparisons as data: arms, their candidate settings, the selection rule.
+
+A :class:`Sweep` lists *arms* (a method with fixed settings and, optionally, a
+small grid of candidate settings). Phase 1 runs every candidate of every arm on
+the tuning seed; each arm then keeps the candidate with the best validation
+score (:func:`select`, validation only: the test split is never looked at);
+phase 2 runs the kept candidate of every arm on the remaining seeds. Cells are
+ordinary runs of the main job (``study.Cell``), so a sweep resumes by skipping
+finished cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import pathlib
+from typing import Any, Optional, Sequence
+
+from ols_jax import study
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One method of a comparison.
+
+  Attributes:
+    name: the arm's label in tables (e.g. ``'ols_zeros'``).
+    method: the config's ``method``.
+    fixed: config overrides every run of the arm gets.
+    grid: candidate values per field, tuned on the tuning seed.
+  """
+  name: str
+  method: str
+  fixed: tuple[tuple[str, Any], ...] = ()
+  grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+  def candidates(self) -> list[tuple[tuple[str, Any], ...]]:
+    """Every candidate setting (the grid's product), as override tuples."""
+    if not self.grid:
+      return [()]
+    fields = [f for f, _ in self.grid]
+    return [tuple(zip(fields, values))
+            for values in itertools.product(*(v for _, v in self.grid))]
+
+  def cell(self, model: str, seed: int, candidate=()) -> study.Cell:
+    suffix = (self.name[len(self.method):].lstrip("_")
+              if self.name.startswith(self.method) else self.name)
+    parts = [suffix] + [f"{f}{v:g}" if isinstance(v, float) else f"{f}{v}"
+                        for f, v in candidate]
+    tag = "_".join(p for p in parts if p)
+    overrides = tuple((f, repr(v) if isinstance(v, float) else str(v))
+                      for f, v in self.fixed + tuple(candidate))
+    return study.Cell(model, self.method, seed, overrides, tag)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """A tuned comparison (see the module docstring)."""
+  name: str
+  title: str
+  config: str                 # experiment config file, relative to the repo.
+  model: str
+  arms: tuple[Arm, ...]
+  seeds: tuple[int, ...] = (0, 1, 2)
+  tuning_seed: int = 0
+  select_metric: str = "nll"  # validation metric, lower is better.
+  extra: tuple[str, ...] = ()  # more --config.x=y flags for every run.
+
+  def tuning_cells(self) -> list[study.Cell]:
+    return [a.cell(self.model, self.tuning_seed, c)
+            for a in self.arms for c in a.candidates()]
+
+  def final_cells(self, chosen: dict[str, tuple]) -> list[study.Cell]:
+    """Every arm's kept candidate on the other seeds (arms in ``chosen``)."""
+    return [a.cell(self.model, s, chosen[a.name]) for a in self.arms
+            if a.name in chosen for s in self.seeds if s != self.tuning_seed]
+
+
+def _val_score(workdir: pathlib.Path, metric: str) -> Optional[tuple[float, float]]:
+  path = workdir / "results.json"
+  if not path.exists():
+    return None
+  r = json.loads(path.read_text())
+  return float(r["val"][metric]), float(r["val"]["top1_error"])
+
+
+def select(sweep: Sweep, out: pathlib.Path) -> dict[str, dict[str, Any]]:
+  """Each arm's kept candidate from its finished tuning runs.
+
+  An arm whose candidates have not all finished is left out. Ties on the
+  selection metric go to the lower validation error, then to grid order.
+
+  Returns:
+    ``{arm: {'candidate': overrides, 'scores': {tag: val score}}}``.
+  """
+  chosen = {}
+  for arm in sweep.arms:
+    scored = []
+    for cand in arm.candidates():
+      cell = arm.cell(sweep.model, sweep.tuning_seed, cand)
+      score = _val_score(cell.workdir(out), sweep.select_metric)
+      if score is None:
+        break
+      scored.append((score, cand, cell.tag))
+    else:
+      best = min(range(len(scored)), key=lambda i: (scored[i][0], i))
+      chosen[arm.name] = {
+          "candidate": scored[best][1],
+          "tag": scored[best][2],
+          "scores": {tag: {f"val_{sweep.select_metric}": s[0], "val_top1_error": s[1]}
+                     for s, _, tag in scored}}
+  return chosen
+
+
+def write_selection(sweep: Sweep, out: pathlib.Path) -> dict[str, dict[str, Any]]:
+  """Writes ``selection.json`` (the rule and every arm's scores) into ``out``."""
+  chosen = select(sweep, out)
+  out.mkdir(parents=True, exist_ok=True)
+  doc = {"rule": f"lowest validation {sweep.select_metric} on seed {sweep.tuning_seed} "
+                 f"(ties: lower validation top-1 error)",
+         "arms": {k: dict(v, candidate=[list(x) for x in v["candidate"]])
+                  for k, v in chosen.items()}}
+  tmp = out / "selection.json.tmp"
+  tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+  tmp.replace(out / "selection.json")
+  return chosen
+
+
+def run(sweep: Sweep, out: pathlib.Path, repo: pathlib.Path, *, jobs: int = 1,
+        threads_per_job: int = 0, log=print) -> list[study.Cell]:
+  """Phase 1 (tuning seed, every candidate), selection, phase 2 (other seeds).
+
+  Arms without a grid have nothing to tune: their other seeds run in phase 1
+  already, so the cores stay busy. Returns the failed cells.
+  """
+  config = str(repo / sweep.config)
+  untuned = {a.name: () for a in sweep.arms if not a.grid}
+  phase1 = sweep.tuning_cells() + sweep.final_cells(untuned)
+  failed = study.run_grid(phase1, config, out, extra=sweep.extra, jobs=jobs,
+                          threads_per_job=threads_per_job, log=log)
+  chosen = write_selection(sweep, out)
+  missing = [a.name for a in sweep.arms if a.name not in chosen]
+  if missing:
+    log(f"no selection for {missing}: a tuning run failed")
+  kept = {k: v["candidate"] for k, v in chosen.items()}
+  failed += study.run_grid(sweep.final_cells(kept), config, out, extra=sweep.extra,
+                           jobs=jobs, threads_per_job=threads_per_job, log=log)
+  return failed
+
+
+def final_rows(sweep: Sweep, out: pathlib.Path) -> list[dict[str, Any]]:
+  """``results.json`` of each arm's kept candidate on every seed, arm-labelled."""
+  chosen = select(sweep, out)
+  rows = []
+  for arm in sweep.arms:
+    if arm.name not in chosen:
+      continue
+    for s in sweep.seeds:
+      cell = arm.cell(sweep.model, s, chosen[arm.name]["candidate"])
+      path = cell.workdir(out) / "results.json"
+      if path.exists():
+        r = json.loads(path.read_text())
+        r["arm"], r["tag"] = arm.name, cell.tag
+        rows.append(r)
+  return rows
+
+
+def find(sweeps: Sequence[Sweep], name: str) -> Sweep:
+  for s in sweeps:
+    if s.name == name:
+      return s
+  raise KeyError(f"no sweep {name!r}; known: {', '.join(s.name for s in sweeps)}")

@@ -351,3 +351,43 @@ def tsne_scatter(coords: np.ndarray, labels: np.ndarray,
   ax.set_yticks([])
   ax.set_title(title)
   return _save(fig, path)
+
+
+_ARM_PANELS = (("eval/top1_error", "Validation top-1 error"), ("eval/nll", "Validation NLL"),
+               ("eval/ece", "Validation ECE"), ("train/accuracy", "Train accuracy (epoch)"))
+
+
+def arm_curves(curves: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], path,
+               title: Optional[str] = None) -> str:
+  """Per-epoch validation curves of several arms, one line per arm and seed.
+
+  Args:
+    curves: ``{arm: [records of seed 0, records of seed 1, ...]}`` with the
+      epoch-end ``metrics.jsonl`` records (those holding ``eval/...``).
+    path: output PNG path.
+    title: optional figure title.
+
+  Returns:
+    ``path`` as a string.
+  """
+  fig = _figure(figsize=(11.0, 7.5))
+  axes = fig.subplots(2, 2, squeeze=False).reshape(-1)
+  colors = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7"]
+  for ax, (key, label) in zip(axes, _ARM_PANELS):
+    for i, (arm, seeds) in enumerate(curves.items()):
+      for j, records in enumerate(seeds):
+        pts = [(float(r["epoch"]), float(r[key])) for r in records
+               if key in r and "eval/top1_error" in r and math.isfinite(float(r[key]))]
+        if not pts:
+          continue
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, "-", color=colors[i % len(colors)], alpha=0.9 if j == 0 else 0.45,
+                linewidth=1.4 if j == 0 else 0.9, label=arm if j == 0 else None)
+    ax.set_title(label)
+    ax.set_xlabel("Epoch")
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  return _save(fig, path)

@@ -50,9 +50,13 @@ class Cell:
   def variant(self) -> str:
     return self.method + (f"[{self.tag}]" if self.tag else "")
 
+  @property
+  def folder(self) -> str:
+    """The run folder's name under ``<out>/<model>/`` (seeds below it)."""
+    return self.method + (f"_{self.tag}" if self.tag else "")
+
   def workdir(self, out: pathlib.Path) -> pathlib.Path:
-    name = self.method + (f"_{self.tag}" if self.tag else "")
-    return out / self.model / name / f"seed{self.seed}"
+    return out / self.model / self.folder / f"seed{self.seed}"
 
 
 def grid(models: Sequence[str], methods: Sequence[str], seeds: Sequence[int],

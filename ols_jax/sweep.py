@@ -92,7 +92,8 @@ def select(sweep: Sweep, out: pathlib.Path) -> dict[str, dict[str, Any]]:
   selection metric go to the lower validation error, then to grid order.
 
   Returns:
-    ``{arm: {'candidate': overrides, 'scores': {tag: val score}}}``.
+    ``{arm: {'candidate': overrides, 'folder': run folder name,
+    'scores': {folder: val scores}}}``.
   """
   chosen = {}
   for arm in sweep.arms:
@@ -102,14 +103,14 @@ def select(sweep: Sweep, out: pathlib.Path) -> dict[str, dict[str, Any]]:
       score = _val_score(cell.workdir(out), sweep.select_metric)
       if score is None:
         break
-      scored.append((score, cand, cell.tag))
+      scored.append((score, cand, cell.folder))
     else:
       best = min(range(len(scored)), key=lambda i: (scored[i][0], i))
       chosen[arm.name] = {
           "candidate": scored[best][1],
-          "tag": scored[best][2],
-          "scores": {tag: {f"val_{sweep.select_metric}": s[0], "val_top1_error": s[1]}
-                     for s, _, tag in scored}}
+          "folder": scored[best][2],
+          "scores": {folder: {f"val_{sweep.select_metric}": s[0], "val_top1_error": s[1]}
+                     for s, _, folder in scored}}
   return chosen
 
 
@@ -161,7 +162,7 @@ def final_rows(sweep: Sweep, out: pathlib.Path) -> list[dict[str, Any]]:
       path = cell.workdir(out) / "results.json"
       if path.exists():
         r = json.loads(path.read_text())
-        r["arm"], r["tag"] = arm.name, cell.tag
+        r["arm"], r["folder"] = arm.name, cell.folder
         rows.append(r)
   return rows
 

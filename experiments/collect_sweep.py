@@ -1,0 +1,83 @@
+"""Collects a tuned comparison's finished runs into docs/results/<sweep>/ and
+writes its summary (tables with paired statistics, validation curves).
+
+  python experiments/collect_sweep.py radmix_converged [--runs=runs/sweeps/radmix_converged]
+
+Per finished run: results.json (as seed<k>.json), metrics.jsonl and the
+per-example test records recomputed from the selected checkpoint (checked
+against the run's own test metrics). Runs already collected are not redone;
+``--summarise_only`` rebuilds the summary from the collected files alone.
+"""
+
+import argparse
+import json
+import pathlib
+import shutil
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from experiments import sweeps  # noqa: E402
+from ols_jax import runs as runs_lib  # noqa: E402
+from ols_jax import stats  # noqa: E402
+from ols_jax import sweep as sweep_lib  # noqa: E402
+from ols_jax import sweep_report  # noqa: E402
+
+
+def collect_run(workdir: pathlib.Path, dest: pathlib.Path, seed: int) -> bool:
+  """Copies one finished run; returns False when it has not finished."""
+  results = workdir / "results.json"
+  if not results.exists():
+    return False
+  dest.mkdir(parents=True, exist_ok=True)
+  rec_path = dest / f"seed{seed}_records.npz"
+  if not rec_path.exists():
+    r = json.loads(results.read_text())
+    logits, labels = runs_lib.split_logits(workdir, "test")
+    rec = stats.example_records(logits, labels, r["temperature"])
+    for key in ("top1_error", "ece", "nll"):
+      got, want = stats.metric(rec, key), r["test"][key]
+      if abs(got - want) > 1e-4:
+        raise SystemExit(f"error: {workdir}: recomputed test {key} {got:.6f} differs from "
+                         f"results.json {want:.6f}")
+    tmp = dest / f".seed{seed}_records.tmp.npz"
+    np.savez_compressed(tmp, correct=rec["correct"], **{
+        k: rec[k].astype(np.float32) for k in ("conf", "logp", "conf_ts", "logp_ts")})
+    tmp.replace(rec_path)
+  shutil.copy2(results, dest / f"seed{seed}.json")
+  shutil.copy2(workdir / "metrics.jsonl", dest / f"seed{seed}_metrics.jsonl")
+  return True
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("name")
+  p.add_argument("--runs", default="", help="default: runs/sweeps/<name>")
+  p.add_argument("--dest", default="", help="default: docs/results/<name>")
+  p.add_argument("--summarise_only", action="store_true")
+  args = p.parse_args(argv)
+  sweep = sweep_lib.find(sweeps.SWEEPS, args.name)
+  src = pathlib.Path(args.runs or REPO / "runs" / "sweeps" / sweep.name)
+  dest = pathlib.Path(args.dest or REPO / "docs" / "results" / sweep.name)
+  if not args.summarise_only:
+    chosen = sweep_lib.write_selection(sweep, src)
+    cells = sweep.tuning_cells() + sweep.final_cells(
+        {a.name: () for a in sweep.arms if not a.grid}) + sweep.final_cells(
+        {k: v["candidate"] for k, v in chosen.items()})
+    n = 0
+    for c in cells:
+      n += collect_run(c.workdir(src), dest / c.model / c.folder, c.seed)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / "selection.json", dest / "selection.json")
+    print(f"{sweep.name}: {n} finished runs collected -> {dest}")
+  comparisons = [("ce", a.name) for a in sweep.arms if a.name != "ce"]
+  comparisons += [("ls", a.name) for a in sweep.arms if a.name.startswith("ols")]
+  path = sweep_report.write_summary(sweep, dest, comparisons)
+  print(f"summary: {path}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,87 @@
+"""Paired bootstrap and seed intervals (ols_jax.stats) against NumPy references."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ols_jax import metrics as metrics_lib
+from ols_jax import stats
+
+
+def _logits(n=600, k=7, seed=0, scale=3.0):
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, k, n)
+  logits = rng.normal(size=(n, k)) * scale
+  logits[np.arange(n), labels] += 2.0
+  return logits.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6, 2.5])
+def test_records_reproduce_the_device_metrics(temperature):
+  logits, labels = _logits()
+  rec = stats.example_records(logits, labels, temperature)
+  want = metrics_lib.finalize(metrics_lib.eval_sums(
+      jnp.asarray(logits / temperature), jnp.asarray(labels)))
+  suffix = "" if temperature == 1.0 else "_ts"
+  np.testing.assert_allclose(stats.metric(rec, "top1_error"), want["top1_error"], atol=1e-7)
+  np.testing.assert_allclose(stats.metric(rec, "nll" + suffix), want["nll"], rtol=1e-5)
+  np.testing.assert_allclose(stats.metric(rec, "ece" + suffix), want["ece"], atol=1e-5)
+
+
+def test_identical_arms_give_a_zero_interval():
+  logits, labels = _logits()
+  rec = stats.example_records(logits, labels, 1.3)
+  for name in stats.METRICS:
+    iv = stats.paired_bootstrap(rec, rec, name, num_resamples=200)
+    assert (iv.estimate, iv.low, iv.high) == (0.0, 0.0, 0.0)
+    assert iv.includes_zero
+
+
+def test_a_clear_difference_is_resolved_and_a_tiny_one_is_not():
+  logits, labels = _logits(n=2000)
+  a = stats.example_records(logits, labels)
+  better = logits.copy()
+  fix = np.arange(0, 2000, 4)  # make every 4th example right with high margin
+  better[fix, labels[fix]] += 20.0
+  b = stats.example_records(better, labels)
+  iv = stats.paired_bootstrap(a, b, "top1_error", num_resamples=500)
+  exact = (1 - b["correct"].mean()) - (1 - a["correct"].mean())
+  np.testing.assert_allclose(iv.estimate, exact)
+  assert iv.high < 0 and not iv.includes_zero
+  assert "better" in stats.verdict(iv)
+  one = logits.copy()
+  wrong = np.flatnonzero(~a["correct"])[:1]
+  one[wrong, labels[wrong]] += 50.0
+  iv = stats.paired_bootstrap(a, stats.example_records(one, labels), "top1_error",
+                              num_resamples=500)
+  assert iv.includes_zero and "no difference" in stats.verdict(iv)
+
+
+def test_bootstrap_is_paired():
+  # b = a with every logit shifted: same predictions, so the paired interval
+  # of the error difference is exactly 0 although each error varies a lot.
+  logits, labels = _logits(n=300)
+  a = stats.example_records(logits, labels)
+  b = stats.example_records(logits + 1.0, labels)
+  iv = stats.paired_bootstrap(a, b, "top1_error", num_resamples=300)
+  assert (iv.low, iv.high) == (0.0, 0.0)
+
+
+def test_t_interval_and_sign_test():
+  iv = stats.t_interval([1.0, 2.0, 3.0])
+  np.testing.assert_allclose(iv.estimate, 2.0)
+  np.testing.assert_allclose(iv.high - iv.estimate, 4.302652729911275 / np.sqrt(3), rtol=1e-9)
+  assert stats.t_interval([0.5]).low == -np.inf
+  assert stats.sign_test_p(3, 3) == 0.125
+  assert stats.sign_test_p(0, 4) == 1.0
+
+
+def test_compare_arms_structure():
+  logits, labels = _logits(n=400)
+  rec = stats.example_records(logits, labels)
+  res = stats.compare_arms({0: (rec, rec), 1: (rec, rec)}, ("top1_error", "ece"),
+                           num_resamples=50)
+  assert set(res) == {"top1_error", "ece"}
+  assert set(res["ece"]["per_seed"]) == {0, 1}
+  assert res["ece"]["over_seeds"].estimate == 0.0
+  assert res["ece"]["over_seeds"].format(100) == "+0.00 [+0.00, +0.00]"

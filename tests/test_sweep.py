@@ -83,4 +83,5 @@ def test_report_from_collected_files(tmp_path):
   assert "mean over 2 seeds [95% t-interval]" in text
   assert "| ols_zeros | ols_zeros_alpha0.3 | 0,1 |" in text
   assert "seed 0: CE final-epoch train accuracy 90.0%" in text
+  assert "NOT the over-confident regime: train accuracy below 95% (under-fitted)" in text
   assert (tmp_path / "curves.png").stat().st_size > 1000

@@ -17,11 +17,9 @@ import argparse
 import json
 import pathlib
 import statistics
-import sys
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -13,12 +13,10 @@ import argparse
 import json
 import pathlib
 import platform
-import sys
 import tarfile
 import tempfile
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from ols_jax import data  # pylint: disable=g-import-not-at-top
 from ols_jax import paths  # pylint: disable=g-import-not-at-top

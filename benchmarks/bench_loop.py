@@ -25,17 +25,13 @@ import importlib.util
 import json
 import pathlib
 import statistics
-import sys
 import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import common  # noqa: E402  pylint: disable=g-import-not-at-top
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top
-import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from ols_jax import checkpointing  # noqa: E402  pylint: disable=g-import-not-at-top
 from ols_jax import config as config_lib  # noqa: E402  pylint: disable=g-import-not-at-top

@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ols_jax import models  # noqa: E402  pylint: disable=g-import-not-at-top
 
 DEFAULT_MODELS = ('tiny_cnn', 'resnet18', 'resnet34', 'resnet50',

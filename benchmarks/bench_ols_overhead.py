@@ -15,10 +15,8 @@ import argparse
 import json
 import pathlib
 import statistics
-import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402  pylint: disable=g-import-not-at-top
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top

@@ -18,7 +18,6 @@ import pathlib
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import common  # noqa: E402  pylint: disable=g-import-not-at-top
 

@@ -15,14 +15,11 @@ its results back into run-folder form (compare.py then skips those cells):
 """
 
 import argparse
-import os
 import pathlib
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ols_jax import study  # noqa: E402
+from ols_jax import study
 
 
 def main():

@@ -13,14 +13,12 @@ import argparse
 import json
 import pathlib
 import shutil
-import sys
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from experiments import sweeps  # noqa: E402
+import sweeps  # noqa: E402  (this folder is on sys.path when run as a script)
 from ols_jax import runs as runs_lib  # noqa: E402
 from ols_jax import stats  # noqa: E402
 from ols_jax import sweep as sweep_lib  # noqa: E402

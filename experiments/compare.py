@@ -12,14 +12,11 @@ rebuilds the tables from existing runs.
 """
 
 import argparse
-import os
 import pathlib
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from ols_jax import losses  # noqa: E402
-from ols_jax import study  # noqa: E402
+from ols_jax import losses
+from ols_jax import study
 
 
 def _list(text, cast=str):

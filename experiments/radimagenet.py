@@ -6,18 +6,14 @@ Every config field can be overridden: --config.method=ce --config.seed=1 ...
 Rerunning the same command on the same workdir resumes the run.
 """
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from ols_jax import cli  # noqa: E402
-from ols_jax import parallel  # noqa: E402
+from ols_jax import cli
+from ols_jax import parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)

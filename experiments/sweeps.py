@@ -8,12 +8,10 @@ every arm on the other seeds. ``--list`` prints the cells without running them.
 """
 
 import argparse
-import os
 import pathlib
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from ols_jax import sweep as sweep_lib  # noqa: E402
 

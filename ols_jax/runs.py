@@ -14,7 +14,6 @@ import numpy as np
 from ols_jax import checkpointing
 from ols_jax import config as config_lib
 from ols_jax import data as data_lib
-from ols_jax import models
 
 
 def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:

@@ -56,7 +56,6 @@ def ece(conf: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> float:
   """Top-label ECE, equal-width bins as :mod:`ols_jax.metrics` bins them."""
   edges = metrics_lib.bin_edges(num_bins)
   bins = np.searchsorted(edges, np.asarray(conf, np.float32), side="right")
-  count = np.bincount(bins, minlength=num_bins)
   conf_sum = np.bincount(bins, weights=conf, minlength=num_bins)
   correct_sum = np.bincount(bins, weights=correct.astype(np.float64), minlength=num_bins)
   return float(np.abs(correct_sum - conf_sum).sum() / max(len(conf), 1))

@@ -19,7 +19,6 @@ METHODS = ("ce", "ls", "ls_kminus1", "tfkd_reg", "tfkd_paper", "kd", "ols")
 
 
 def smoke_config(**overrides):
-  sys.path.insert(0, str(REPO))
   from experiments.configs import smoke  # pylint: disable=import-outside-toplevel
   c = smoke.get_config()
   c.progress = False

@@ -15,7 +15,9 @@ from __future__ import annotations
 import importlib.util
 import io
 import pathlib
-from typing import Any, Mapping, Optional, Sequence
+import sys
+import time
+from typing import Any, Mapping, Optional, Sequence, TextIO
 
 import numpy as np
 
@@ -26,30 +28,52 @@ def available() -> bool:
 
 
 class EventWriter:
-  """Scalars and images of one run in ``logdir``.
+  """Scalars and images of one run in ``logdir``, written synchronously.
 
   The event file is only created by the first write, so a run that logs
   nothing (e.g. a rerun of a finished run) leaves the folder untouched. With
   ``purge_step`` (a resumed run), events at or after that step written by an
   interrupted run are hidden by TensorBoard, as ``metrics.jsonl`` drops them.
+  TensorBoard is a by-product: a failed write (e.g. a full disk) prints one
+  warning and turns it off for the rest of the run instead of stopping it.
   """
 
-  def __init__(self, logdir: str | pathlib.Path, purge_step: Optional[int] = None):
+  def __init__(self, logdir: str | pathlib.Path, purge_step: Optional[int] = None,
+               stream: TextIO = sys.stderr):
     self.logdir = pathlib.Path(logdir)
     self._purge_step = purge_step
+    self._stream = stream
     self._writer = None
+    self.failed = False
 
-  def _get(self):
-    if self._writer is None:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._writer = SummaryWriter(str(self.logdir), purge_step=self._purge_step,
-                                   flush_secs=30)
-    return self._writer
+  def _write(self, step: int, values: list) -> None:
+    """One event holding ``values`` (``Summary.Value`` protos) at ``step``."""
+    if self.failed:
+      return
+    from tensorboardX.event_file_writer import EventsWriter  # pylint: disable=import-outside-toplevel
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+    from tensorboardX.proto import summary_pb2  # pylint: disable=import-outside-toplevel
+    try:
+      if self._writer is None:
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self._writer = EventsWriter(str(self.logdir / "events"))
+        if self._purge_step is not None:
+          self._writer.write_event(event_pb2.Event(
+              step=self._purge_step, wall_time=time.time(),
+              session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+      self._writer.write_event(event_pb2.Event(
+          step=int(step), wall_time=time.time(), summary=summary_pb2.Summary(value=values)))
+      self._writer.flush()
+    except OSError as e:
+      self.failed = True
+      self._stream.write(f"warning: TensorBoard logging to {self.logdir} stopped: "
+                         f"{e.strerror or e}\n")
+      self._stream.flush()
 
   def scalars(self, record: Mapping[str, Any]) -> None:
     """Every numeric field of a ``metrics.jsonl`` record at its ``step``."""
-    step = int(record["step"])
-    writer = self._get()
+    from tensorboardX import summary  # pylint: disable=import-outside-toplevel
+    values = []
     for key, value in record.items():
       if key == "step" or isinstance(value, (bool, str)) or value is None:
         continue
@@ -57,21 +81,23 @@ class EventWriter:
         value = float(value)
       except (TypeError, ValueError):
         continue
-      writer.add_scalar(key, value, step)
-    writer.flush()
+      values.extend(summary.scalar(key, value).value)
+    self._write(int(record["step"]), values)
 
   def image(self, tag: str, png: bytes, step: int) -> None:
     """A PNG image (bytes) at ``step``."""
     from PIL import Image  # pylint: disable=import-outside-toplevel
+    from tensorboardX import summary  # pylint: disable=import-outside-toplevel
     with Image.open(io.BytesIO(png)) as img:
       array = np.asarray(img.convert("RGB"))
-    writer = self._get()
-    writer.add_image(tag, array, int(step), dataformats="HWC")
-    writer.flush()
+    self._write(int(step), list(summary.image(tag, array, dataformats="HWC").value))
 
   def close(self) -> None:
     if self._writer is not None:
-      self._writer.close()
+      try:
+        self._writer.close()
+      except OSError:
+        pass
       self._writer = None
 
 

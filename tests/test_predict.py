@@ -433,3 +433,19 @@ def test_tensorboard_mirrors_metrics_jsonl(run_dir):
   last = records[-1]["step"]
   images = {(s, t) for s, t, v in events if v == "image"}
   assert images == {(last, "eval/reliability"), (last, "ols/soft_labels")}
+
+
+def test_tensorboard_failure_warns_once_and_stops(tmp_path):
+  pytest.importorskip("tensorboardX")
+  from ols_jax import tensorboard_log  # pylint: disable=import-outside-toplevel
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  stream = io.StringIO()
+  writer = tensorboard_log.EventWriter(blocker / "tb", stream=stream)
+  writer.scalars({"step": 1, "train/loss": 1.0})
+  writer.scalars({"step": 2, "train/loss": 0.5})
+  writer.close()
+  assert writer.failed
+  lines = stream.getvalue().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      f"warning: TensorBoard logging to {blocker / 'tb'} stopped: ")

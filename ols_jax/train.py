@@ -425,7 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     writer.write(record)
     tensorboard_log.log_epoch_figures(
         writer, record["step"], val_out["sums"], class_names=info.class_names,
-        soft_labels=dp.soft_labels(state) if spec.uses_ols else None, epoch=epoch + 1)
+        soft_labels=soft if spec.uses_ols else None, epoch=epoch + 1)
     progress.message(
         f"epoch {epoch + 1}/{config.num_epochs}: train loss {record['train/loss']:.4f} "
         f"acc {record['train/accuracy']:.4f} | val top1 err {val['top1_error']:.4f} "

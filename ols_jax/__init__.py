@@ -2,7 +2,9 @@
 
 Modules: ``ols`` (the method), ``losses``, ``train_state``, ``steps``,
 ``parallel``, ``models``, ``data``, ``metrics``, ``calibration``,
-``embeddings``, ``train`` (``train_and_evaluate``), ``study``.
+``embeddings``, ``train`` (``train_and_evaluate``), ``selective``
+(risk-coverage, AURC, abstention), ``predict`` (a finished run on new images),
+``study``.
 """
 
 __version__ = "0.1.0"

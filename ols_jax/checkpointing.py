@@ -187,6 +187,33 @@ def check_compatible(state, *, model_name: str, num_classes: int) -> None:
                       f"{num_classes} (model {model_name})")
 
 
+def _restore_selected(workdir: pathlib.Path) -> Optional[tuple[pathlib.Path, dict]]:
+  """``(folder, raw tree)`` of a run's best checkpoint (else its newest), or None."""
+  root = pathlib.Path(workdir).resolve() / "checkpoints"
+  for sub in ("best", "last"):
+    path = root / sub
+    if not path.is_dir():
+      continue
+    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
+        create=False, enable_async_checkpointing=False))
+    step = manager.latest_step()
+    if step is None:
+      manager.close()
+      continue
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))["state"]
+    manager.close()
+    return path / str(step), out
+  return None
+
+
+def _model_variables(tree) -> dict[str, Any]:
+  variables = {"params": tree["params"]}
+  if tree.get("batch_stats"):
+    variables["batch_stats"] = tree["batch_stats"]
+  return variables
+
+
 def restore_teacher_variables(teacher_workdir: pathlib.Path, abstract_variables,
                               num_classes: int) -> dict[str, Any]:
   """Params and batch_stats of a finished run's best checkpoint (for KD).
@@ -199,29 +226,53 @@ def restore_teacher_variables(teacher_workdir: pathlib.Path, abstract_variables,
   Returns:
     The teacher's variable dict.
   """
-  root = pathlib.Path(teacher_workdir).resolve() / "checkpoints"
-  for sub in ("best", "last"):
-    path = root / sub
-    if not path.is_dir():
-      continue
-    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
-        create=False, enable_async_checkpointing=False))
-    step = manager.latest_step()
-    if step is None:
-      continue
-    out = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))["state"]
-    manager.close()
-    teacher_k = np.shape(out["ols"]["soft_labels"])[-1]
-    if teacher_k != num_classes:
-      raise ConfigError(f"config.teacher_workdir: teacher has {teacher_k} classes, "
-                        f"the student's dataset has {num_classes}")
-    variables = {"params": out["params"]}
-    if out.get("batch_stats"):
-      variables["batch_stats"] = out["batch_stats"]
-    want = jax.tree.structure(abstract_variables)
-    if jax.tree.structure(variables) != want:
-      raise ConfigError(f"config.teacher_workdir: checkpoint in {path} does not "
-                        f"match the teacher's config.json model")
-    return jax.tree.map(np.asarray, variables)
-  raise ConfigError(f"config.teacher_workdir: no checkpoint found under {root}")
+  found = _restore_selected(teacher_workdir)
+  if found is None:
+    root = pathlib.Path(teacher_workdir).resolve() / "checkpoints"
+    raise ConfigError(f"config.teacher_workdir: no checkpoint found under {root}")
+  path, out = found
+  teacher_k = np.shape(out["ols"]["soft_labels"])[-1]
+  if teacher_k != num_classes:
+    raise ConfigError(f"config.teacher_workdir: teacher has {teacher_k} classes, "
+                      f"the student's dataset has {num_classes}")
+  variables = _model_variables(out)
+  if jax.tree.structure(variables) != jax.tree.structure(abstract_variables):
+    raise ConfigError(f"config.teacher_workdir: checkpoint in {path.parent} does not "
+                      f"match the teacher's config.json model")
+  return jax.tree.map(np.asarray, variables)
+
+
+def restore_model_variables(workdir: pathlib.Path, abstract_variables,
+                            num_classes: int) -> tuple[dict[str, Any], pathlib.Path]:
+  """Params and batch_stats of a run's selected checkpoint (for inference).
+
+  The selected checkpoint is the best by validation, as in the run's final
+  evaluation (the newest one when there is no best).
+
+  Args:
+    workdir: the run's workdir.
+    abstract_variables: ``jax.eval_shape`` of its model's init.
+    num_classes: the run's class count.
+
+  Returns:
+    ``(variables, checkpoint folder)``.
+  """
+  found = _restore_selected(workdir)
+  if found is None:
+    root = pathlib.Path(workdir).resolve() / "checkpoints"
+    raise ConfigError(f"workdir {workdir}: no checkpoint under {root} (not a "
+                      f"finished training run)")
+  path, out = found
+  k = np.shape(out["ols"]["soft_labels"])[-1]
+  if k != num_classes:
+    raise ConfigError(f"checkpoint {path}: {k} classes, but results.json names "
+                      f"{num_classes}")
+  variables = _model_variables(out)
+  if jax.tree.structure(variables) != jax.tree.structure(abstract_variables):
+    raise ConfigError(f"checkpoint {path} does not match the model of config.json")
+  for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(abstract_variables)):
+    if np.shape(got) != tuple(want.shape):
+      raise ConfigError(f"checkpoint {path} does not match the model of config.json "
+                        f"(a parameter of shape {np.shape(got)}, {tuple(want.shape)} "
+                        f"configured)")
+  return jax.tree.map(np.asarray, variables), path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any, Callable
 
 from ols_jax import config as config_lib
 from ols_jax import data as data_lib
@@ -13,18 +14,28 @@ USER_ERRORS = (config_lib.ConfigError, data_lib.DataError, train.TrainingDiverge
                ValueError, OSError)
 
 
-def run_main(config, workdir: str, *, debug: bool = False) -> int:
-  """Runs ``train_and_evaluate`` and turns user errors into exit code 2."""
+def error_line(e: BaseException) -> str:
+  """The ``error: ...`` line of a user error (its first line, no errno prefix)."""
+  message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  if isinstance(e, OSError) and e.strerror:  # no "[Errno N]" prefix
+    message = e.strerror + (f": {e.filename}" if e.filename else "")
+  return f"error: {message}"
+
+
+def call_or_exit(fn: Callable[..., Any], *args, debug: bool = False, **kwargs) -> Any:
+  """Calls ``fn``; a user error becomes one ``error: ...`` line and exit code 2."""
   try:
-    _, summary = train.train_and_evaluate(config, workdir)
+    return fn(*args, **kwargs)
   except USER_ERRORS as e:  # pylint: disable=catching-non-exception
     if debug:
       raise
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if isinstance(e, OSError) and e.strerror:  # no "[Errno N]" prefix
-      message = e.strerror + (f": {e.filename}" if e.filename else "")
-    print(f"error: {message}", file=sys.stderr)
+    print(error_line(e), file=sys.stderr)
     sys.exit(2)
+
+
+def run_main(config, workdir: str, *, debug: bool = False) -> int:
+  """Runs ``train_and_evaluate`` and turns user errors into exit code 2."""
+  _, summary = call_or_exit(train.train_and_evaluate, config, workdir, debug=debug)
   test = summary["test"]
   print(f"done: {summary['method']} / {summary['model']} on {summary['dataset']}: "
         f"test top-1 error {100 * test['top1_error']:.2f}%, ECE {100 * test['ece']:.2f}%, "

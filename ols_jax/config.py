@@ -25,11 +25,13 @@ DTYPES = ("float32", "bfloat16")
 SELECT_METRICS = ("top1_error", "nll", "ece")
 
 # Fields that may change between a run and its resumption without changing its
-# results (everything else must match the saved config.json).
+# results (everything else must match the saved config.json). `target_accuracy`
+# is evaluation-only but stays out: it sets the abstention threshold stored in
+# results.json, which must agree with config.json.
 RESUMABLE_FIELDS = frozenset({
     "log_every_steps", "checkpoint_every_steps", "progress", "num_workers",
     "allow_config_change", "figures", "tsne_samples", "data_dir", "manual_dir",
-    "compilation_cache_dir",
+    "compilation_cache_dir", "tensorboard",
 })
 
 
@@ -83,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_bins = 15
   c.tsne_samples = 1000
   c.figures = True
+  # Abstention: the threshold chosen on validation (temperature-scaled
+  # probabilities) is the lowest whose accepted inputs reach this accuracy.
+  c.target_accuracy = 0.95
   # Infrastructure.
   c.parallel = "jit"
   c.num_devices = 0        # 0 = all devices.
@@ -91,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.progress = True
   c.allow_config_change = False
   c.compilation_cache_dir = ""  # '' = no persistent compilation cache.
+  c.tensorboard = True     # also write metrics.jsonl to <workdir>/tensorboard.
   return c
 
 
@@ -140,6 +146,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, "momentum", 0.0, 1.0, hi_open=True)
   _check_range(config, "weight_decay", 0.0, 1.0)
   _check_range(config, "width_multiplier", 0.0, 4.0, lo_open=True)
+  _check_range(config, "target_accuracy", 0.0, 1.0, lo_open=True)
   _check_range(config, "warmup_epochs", 0.0, float(max(config.num_epochs, 0)))
   if config.channels not in (1, 3):
     raise ConfigError(f"config.channels: expected 1 or 3, got {config.channels!r}")
@@ -169,9 +176,15 @@ def loss_spec(config: ml_collections.ConfigDict, num_classes: int) -> losses.Los
 
 
 def result_affecting_differences(saved: dict, current: dict) -> list[str]:
-  """Names of fields whose values differ and that change results."""
+  """Names of fields whose values differ and that change results.
+
+  A field missing from ``saved`` (added to the config after that run began)
+  counts as holding its :func:`base_config` default.
+  """
+  defaults = base_config().to_dict()
   keys = (set(saved) | set(current)) - RESUMABLE_FIELDS
-  return sorted(k for k in keys if saved.get(k) != current.get(k))
+  return sorted(k for k in keys
+                if saved.get(k, defaults.get(k)) != current.get(k))
 
 
 def cpu_config(dataset: str, *, image_size: int = 28, channels: int = 1,

@@ -15,11 +15,21 @@ class MetricWriter:
 
   On resume, lines logged after the restored step (written by the interrupted
   run after its last checkpoint) are dropped, so the file matches an
-  uninterrupted run.
+  uninterrupted run. With ``tensorboard_dir`` (and tensorboardX installed),
+  every record also goes to TensorBoard event files there, from this one
+  place (:mod:`ols_jax.tensorboard_log`); ``events`` is then that writer.
   """
 
-  def __init__(self, path: pathlib.Path, truncate_after_step: Optional[int] = None):
+  def __init__(self, path: pathlib.Path, truncate_after_step: Optional[int] = None,
+               tensorboard_dir: Optional[pathlib.Path] = None):
     self._path = pathlib.Path(path)
+    self.events = None
+    if tensorboard_dir is not None:
+      from ols_jax import tensorboard_log  # pylint: disable=import-outside-toplevel
+      if tensorboard_log.available():
+        resumed = truncate_after_step is not None and self._path.exists()
+        self.events = tensorboard_log.EventWriter(
+            tensorboard_dir, purge_step=truncate_after_step + 1 if resumed else None)
     if truncate_after_step is not None and self._path.exists():
       kept = []
       for line in self._path.read_text().splitlines():
@@ -40,9 +50,12 @@ class MetricWriter:
     # Opened per line, so no handle is left open when a run stops on an error.
     with open(self._path, "a", encoding="utf-8") as f:
       f.write(json.dumps(clean, sort_keys=True) + "\n")
+    if self.events is not None and "step" in clean:
+      self.events.scalars(clean)
 
   def close(self) -> None:
-    pass
+    if self.events is not None:
+      self.events.close()
 
 
 def read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
@@ -67,12 +80,16 @@ class Progress:
   periodic lines (every ~10 s) otherwise."""
 
   def __init__(self, total_steps: int, *, enabled: bool = True,
-               stream: TextIO = sys.stderr, interval_s: float = 10.0):
+               stream: TextIO = sys.stderr, interval_s: float = 10.0,
+               quiet_start: bool = False):
+    """With ``quiet_start``, nothing is shown during the first interval, so
+    a short job prints no progress at all."""
     self.total = max(total_steps, 1)
     self.enabled = enabled
     self.stream = stream
     self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
     self.interval = 0.5 if self.tty else interval_s
+    self._quiet_start = quiet_start
     self._t0 = None
     self._first_step = None
     self._last_print = 0.0
@@ -83,6 +100,8 @@ class Progress:
     if self._t0 is None:
       # The first step includes compilation: time from its end.
       self._t0, self._first_step = now, step
+      if self._quiet_start:
+        self._last_print = now
       return
     self._images += batch_size
     if not self.enabled or now - self._last_print < self.interval:

@@ -27,7 +27,14 @@ def _figure(**kwargs):
 
 
 def _save(fig, path, dpi: int = 120) -> str:
-  """Writes ``fig`` as PNG to ``path`` atomically; returns the path."""
+  """Writes ``fig`` as PNG to ``path`` atomically; returns the path.
+
+  ``path`` may also be a binary file object (e.g. ``io.BytesIO``, for the
+  TensorBoard images); it is then written to directly and returned.
+  """
+  if hasattr(path, "write"):
+    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
+    return path
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
@@ -245,6 +252,46 @@ def row_entropy_curve(entropies: np.ndarray, path,
                linewidth=1.0, label=f"uniform (log {e.shape[1]})")
   ax.set_xlabel("Epoch")
   ax.set_ylabel("Entropy (nats)")
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  return _save(fig, path)
+
+
+def risk_coverage(curves: Mapping[str, Mapping[str, Any]], path,
+                  title: str = "Risk-coverage curve",
+                  threshold_coverage: Optional[float] = None) -> str:
+  """Selective risk versus coverage, one line per named curve.
+
+  Args:
+    curves: ``{label: {"coverage", "risk"}}`` (from
+      :func:`ols_jax.selective.risk_coverage_curve`); labels may hold the AURC.
+    path: output PNG path.
+    title: figure title.
+    threshold_coverage: optional coverage of a chosen abstention threshold,
+      drawn as a vertical line.
+
+  Returns:
+    ``path`` as a string.
+
+  References:
+    Geifman & El-Yaniv, "Selective Classification for Deep Neural Networks",
+    NeurIPS 2017.
+  """
+  if not curves:
+    raise ValueError("risk_coverage: no curves")
+  fig = _figure(figsize=(6.0, 4.5))
+  ax = fig.add_subplot(1, 1, 1)
+  for (label, curve), style in zip(curves.items(), ("-", "--", ":", "-.") * 8):
+    ax.plot(np.asarray(curve["coverage"]), np.asarray(curve["risk"]), style,
+            linewidth=1.5, label=str(label))
+  if threshold_coverage is not None and 0.0 < threshold_coverage <= 1.0:
+    ax.axvline(threshold_coverage, color="gray", linestyle=":", linewidth=1.0,
+               label=f"threshold (coverage {threshold_coverage:.2f})")
+  ax.set_xlim(0, 1)
+  ax.set_ylim(bottom=0)
+  ax.set_xlabel("Coverage")
+  ax.set_ylabel("Selective risk (error among accepted)")
   ax.set_title(title)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)

@@ -13,6 +13,7 @@ from ols_jax import calibration
 from ols_jax import embeddings as embeddings_lib
 from ols_jax import metrics as metrics_lib
 from ols_jax import plots
+from ols_jax import selective as selective_lib
 from ols_jax.logging_utils import read_metrics
 
 TABLE_METRICS = (
@@ -50,6 +51,48 @@ def _curve(logits: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[str, A
   return metrics_lib.reliability_curve(jax.device_get(sums))
 
 
+def _fmt_pct(v: Optional[float]) -> str:
+  return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.2f}%"
+
+
+def selective_section(summary: dict[str, Any]) -> list[str]:
+  """Report lines on AURC and the abstention threshold (empty if absent)."""
+  sel = summary.get("selective")
+  if not sel:
+    return []
+  t = sel["threshold"]
+  rule = ("accept everything" if t <= 0.0 else
+          "abstain on everything" if t > 1.0 else f"accept iff confidence >= {t:.4f}")
+  return [
+      "## Selective prediction (abstention)",
+      "",
+      f"AURC (area under the risk-coverage curve, lower is better): test "
+      f"{summary['test']['aurc']:.4f}, test temperature-scaled "
+      f"{summary['test_ts']['aurc']:.4f} (val {summary['val']['aurc']:.4f}).",
+      "",
+      f"Threshold for a target accuracy of {100 * sel['target_accuracy']:.1f}%, "
+      f"chosen on val with temperature-scaled confidences (the lowest threshold "
+      f"whose accepted val inputs reach the target): {rule}. Val: coverage "
+      f"{_fmt_pct(sel['val_coverage'])}, accuracy {_fmt_pct(sel['val_accuracy'])}; "
+      f"test: coverage {_fmt_pct(sel['test_coverage'])}, accuracy "
+      f"{_fmt_pct(sel['test_accuracy'])}.",
+      "",
+  ]
+
+
+def _risk_coverage_figure(summary, test_out, temperature: float, path) -> str:
+  labels = test_out["label"]
+  curves = {}
+  for name, key, t in (("raw", "test", 1.0), (f"T={temperature:.2f}", "test_ts", temperature)):
+    conf, ok = selective_lib.confidence_and_correct(
+        selective_lib.probabilities(test_out["logits"], t), labels)
+    curves[f"{name} (AURC {summary[key]['aurc']:.4f})"] = (
+        selective_lib.risk_coverage_curve(conf, ok))
+  return plots.risk_coverage(
+      curves, path, title=f"{summary['method']} / {summary['model']}: test risk-coverage",
+      threshold_coverage=summary["selective"]["test_coverage"])
+
+
 def write_report(workdir: pathlib.Path, config, summary: dict[str, Any], *,
                  test_out: dict[str, np.ndarray], temperature: float,
                  soft_labels: Optional[np.ndarray], figures: bool = True,
@@ -71,6 +114,9 @@ def write_report(workdir: pathlib.Path, config, summary: dict[str, Any], *,
         _curve(scaled, test_out["label"], config.num_bins),
         fig_dir / "reliability_test_ts.png",
         title=f"{method}: test reliability after temperature scaling (T={temperature:.2f})"))
+    if "selective" in summary:
+      made.append(_risk_coverage_figure(summary, test_out, temperature,
+                                        fig_dir / "risk_coverage_test.png"))
     records = [r for r in read_metrics(workdir / "metrics.jsonl") if "eval/ece" in r]
     if records:
       made.append(plots.training_curves(records, fig_dir / "training_curves.png",
@@ -112,6 +158,7 @@ def write_report(workdir: pathlib.Path, config, summary: dict[str, Any], *,
       f"{emb['knn_accuracy']:.4f}, intra/inter-class distance ratio "
       f"{emb['intra_inter_ratio']:.4f}.",
       "",
+  ] + selective_section(summary) + [
       "## Settings",
       "",
       "```",

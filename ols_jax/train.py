@@ -34,6 +34,8 @@ from ols_jax import models
 from ols_jax import ols
 from ols_jax import parallel
 from ols_jax import report as report_lib
+from ols_jax import selective
+from ols_jax import tensorboard_log
 from ols_jax import train_state as train_state_lib
 from ols_jax.logging_utils import MetricWriter, Progress
 
@@ -178,8 +180,9 @@ def evaluate(dp: parallel.DataParallel, state, source, config, *, with_outputs: 
   """Runs the eval step over a whole split.
 
   Returns:
-    ``(metrics, outputs)``: finalised metrics and, if requested, per-example
-    ``logits``, ``embedding`` and ``label`` (padding removed).
+    ``(metrics, outputs)``: finalised metrics, and ``outputs`` with the summed
+    ``sums`` (:func:`ols_jax.metrics.eval_sums`) and, if requested,
+    per-example ``logits``, ``embedding`` and ``label`` (padding removed).
   """
   it = data_lib.eval_iterator(
       source, global_batch_size=config.eval_batch_size,
@@ -198,11 +201,12 @@ def evaluate(dp: parallel.DataParallel, state, source, config, *, with_outputs: 
       embs.append(np.asarray(jax.device_get(out["embedding"]))[keep])
       labels.append(host_labels[keep])
   it.close()
-  result = metrics_lib.finalize(jax.device_get(total))
-  outputs = {}
+  host_total = jax.device_get(total)
+  result = metrics_lib.finalize(host_total)
+  outputs = {"sums": host_total}
   if with_outputs:
-    outputs = {"logits": np.concatenate(logits), "embedding": np.concatenate(embs),
-               "label": np.concatenate(labels).astype(np.int64)}
+    outputs.update(logits=np.concatenate(logits), embedding=np.concatenate(embs),
+                   label=np.concatenate(labels).astype(np.int64))
   return result, outputs
 
 
@@ -338,7 +342,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     checkpointing.check_compatible(state, model_name=config.model, num_classes=k)
   _check_config_against_workdir(config, workdir)
 
-  writer = MetricWriter(workdir / "metrics.jsonl", truncate_after_step=int(state.step))
+  writer = MetricWriter(workdir / "metrics.jsonl", truncate_after_step=int(state.step),
+                        tensorboard_dir=workdir / "tensorboard" if config.tensorboard else None)
   state = dp.to_device(state)
   soft_dir = workdir / "soft_labels"
   soft_dir.mkdir(exist_ok=True)
@@ -408,8 +413,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       _save_npy_atomic(soft_dir / f"epoch_{epoch + 1:03d}.npy", soft)
       progress_meta["entropy_history"].append(
           np.asarray(ols.row_entropy(soft)).tolist())
-    val, _ = evaluate(dp, state, dataset.splits["val"], config,
-                      with_outputs=False, channels=channels)
+    val, val_out = evaluate(dp, state, dataset.splits["val"], config,
+                            with_outputs=False, channels=channels)
     record = {"step": dp.step(state), "epoch": epoch + 1,
               "train/loss": host_sums["loss_sum"] / max(host_sums["count"], 1),
               "train/accuracy": host_sums["correct"] / max(host_sums["count"], 1),
@@ -418,6 +423,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if spec.uses_ols:
       record["ols/mean_row_entropy"] = float(np.mean(progress_meta["entropy_history"][-1]))
     writer.write(record)
+    tensorboard_log.log_epoch_figures(
+        writer, record["step"], val_out["sums"], class_names=info.class_names,
+        soft_labels=soft if spec.uses_ols else None, epoch=epoch + 1)
     progress.message(
         f"epoch {epoch + 1}/{config.num_epochs}: train loss {record['train/loss']:.4f} "
         f"acc {record['train/accuracy']:.4f} | val top1 err {val['top1_error']:.4f} "
@@ -477,6 +485,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "test_ts_reliability": _curve_lists(test_out, config.num_bins, temperature),
       "soft_label_row_entropy": progress_meta["entropy_history"],
   }
+  selective.add_to_summary(summary, workdir, val_out, test_out, temperature=temperature,
+                           target_accuracy=config.target_accuracy)
   report_lib.write_report(workdir, config, summary, test_out=test_out,
                           temperature=temperature, soft_labels=last_soft,
                           figures=config.figures, tsne_samples=config.tsne_samples)

@@ -1,0 +1,451 @@
+"""Predict on new scans with a finished run: equality with the run's own test
+evaluation, temperature, abstention, DICOM, bad input, TensorBoard.
+
+One module-scoped smoke run (tiny CNN, 1 epoch, 28 px real brain MRI) serves
+every test; predict runs on the 4 fake CPU devices of conftest.
+"""
+
+import csv
+import io
+import json
+import pathlib
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+import pytest
+
+from ols_jax import checkpointing
+from ols_jax import cli
+from ols_jax import config as config_lib
+from ols_jax import data as data_lib
+from ols_jax import logging_utils
+from ols_jax import parallel
+from ols_jax import paths
+from ols_jax import predict
+from ols_jax import selective
+from ols_jax import train
+from ols_jax import train_state
+from ols_jax.data import dicom
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+ENTRY = REPO / "experiments" / "predict.py"
+pydicom = pytest.importorskip("pydicom")
+
+
+def _npz():
+  return paths.dataset_dir("brain_tumor_mri") / "brain_tumor_mri_28.npz"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  from conftest import require_dataset  # pylint: disable=import-outside-toplevel
+  require_dataset("brain_tumor_mri")
+  sys.path.insert(0, str(REPO))
+  from experiments.configs import smoke  # pylint: disable=import-outside-toplevel
+  c = smoke.get_config()
+  c.update(dict(num_epochs=1, batch_size=256, num_devices=1, progress=False,
+                figures=False, tsne_samples=50))
+  workdir = tmp_path_factory.mktemp("predict") / "run"
+  train.train_and_evaluate(c, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def jpegs():
+  """Three real 224 px brain MRI JPEGs (bytes)."""
+  tar_path = paths.dataset_dir("brain_tumor_mri") / "brain_tumor_mri_test_224_jpeg.tar"
+  if not tar_path.is_file():
+    pytest.skip(f"real data not found at {tar_path}")
+  out = []
+  with tarfile.open(tar_path) as tar:
+    for member in tar.getmembers():
+      if member.isfile() and len(out) < 3:
+        out.append(tar.extractfile(member).read())
+  return out
+
+
+def _results(workdir):
+  return json.loads((workdir / "results.json").read_text())
+
+
+def _read_csv(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def _error(capsys, *args, **kwargs) -> str:
+  """Runs predict_to_file through the CLI glue; returns its one error line."""
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exc:
+    cli.call_or_exit(predict.predict_to_file, *args, progress=False, **kwargs)
+  assert exc.value.code == 2
+  err = capsys.readouterr().err
+  lines = [l for l in err.splitlines() if l.startswith("error: ")]
+  assert len(lines) == 1 and "Traceback" not in err, err
+  return lines[0]
+
+
+def _reference_test_logits(workdir):
+  """The run's final evaluation, redone: train.evaluate on the restored best state."""
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  dataset = data_lib.load_dataset(config.dataset, image_size=config.image_size)
+  k = dataset.info.num_classes
+  state = train_state.create(
+      train.make_model(config, k),
+      train.make_optimizer(config, train.learning_rate_schedule(config, 1)),
+      input_shape=(config.image_size, config.image_size, config.channels),
+      num_classes=k, rng=jax.random.PRNGKey(0))
+  best = checkpointing.Checkpointer(workdir).restore_best(state)
+  dp = parallel.DataParallel("jit", config_lib.loss_spec(config, k), jax.devices()[:1])
+  _, out = train.evaluate(dp, dp.to_device(best), dataset.splits["test"], config,
+                          with_outputs=True, channels=config.channels)
+  return out["logits"], out["label"]
+
+
+# ----------------------------------------------------------------------------
+# Equality with the run's own evaluation; temperature; abstention.
+# ----------------------------------------------------------------------------
+
+
+def test_npz_test_split_equals_the_final_evaluation(run_dir, tmp_path):
+  results = _results(run_dir)
+  out = tmp_path / "test.csv"
+  summary = predict.predict_to_file(run_dir, _npz(), out, progress=False)
+  assert summary["count"] == results["split_sizes"]["test"] == 1281
+  assert summary["accuracy"] == pytest.approx(1.0 - results["test"]["top1_error"], abs=1e-12)
+  sel = results["selective"]
+  assert summary["threshold"] == sel["threshold"]
+  assert summary["count"] - summary["abstained"] == round(sel["test_coverage"] * 1281)
+  if sel["test_accuracy"] is not None:
+    assert summary["accepted_accuracy"] == pytest.approx(sel["test_accuracy"], abs=1e-12)
+
+  ref_logits, ref_labels = _reference_test_logits(run_dir)
+  t = results["temperature"]
+  ref = selective.probabilities(ref_logits, t)
+  run = predict.load_run(run_dir)
+  got = predict.predict_logits(run, predict.collect_inputs(_npz()), progress=False)
+  np.testing.assert_array_equal(got.labels, ref_labels)
+  np.testing.assert_allclose(selective.probabilities(got.logits, t), ref, atol=1e-6)
+  np.testing.assert_array_equal(np.argmax(got.logits, 1), np.argmax(ref_logits, 1))
+
+  rows = _read_csv(out)
+  names = list(results["class_names"])
+  assert [r["path"] for r in rows[:2]] == ["npz:test:0", "npz:test:1"]
+  assert [r["label"] for r in rows] == [names[i] for i in ref_labels]
+  probs = np.array([[float(r[f"p_{c}"]) for c in names] for r in rows])
+  np.testing.assert_allclose(probs, ref, atol=1e-6)
+  assert [r["prediction"] for r in rows] == [names[i] for i in np.argmax(ref, 1)]
+  conf = np.array([float(r["confidence"]) for r in rows])
+  np.testing.assert_allclose(conf, ref.max(1), atol=1e-6)
+  np.testing.assert_array_equal([r["abstain"] == "true" for r in rows],
+                                ref.max(1) < sel["threshold"])
+  assert rows[0]["top1"] == rows[0]["prediction"]
+  tops = [float(rows[0][f"top{j}_prob"]) for j in range(1, 5)]
+  assert tops == sorted(tops, reverse=True) and "top5" not in rows[0]  # K = 4
+  assert [p.name for p in tmp_path.iterdir()] == ["test.csv"]  # no temporary left
+
+
+def test_temperature_changes_confidence_not_argmax(run_dir, tmp_path):
+  predict.predict_to_file(run_dir, _npz(), tmp_path / "ts.jsonl", progress=False)
+  raw = predict.predict_to_file(run_dir, _npz(), tmp_path / "raw.jsonl",
+                                temperature=False, progress=False)
+  assert raw["temperature"] == 1.0
+  ts_rows = [json.loads(l) for l in (tmp_path / "ts.jsonl").read_text().splitlines()]
+  raw_rows = [json.loads(l) for l in (tmp_path / "raw.jsonl").read_text().splitlines()]
+  assert [r["prediction"] for r in ts_rows] == [r["prediction"] for r in raw_rows]
+  ts_conf = np.array([r["confidence"] for r in ts_rows])
+  raw_conf = np.array([r["confidence"] for r in raw_rows])
+  assert _results(run_dir)["temperature"] != pytest.approx(1.0, abs=1e-3)
+  assert np.max(np.abs(ts_conf - raw_conf)) > 1e-3
+  row = ts_rows[0]
+  assert list(row) == ["path", "label", "prediction", "confidence", "abstain", "top5",
+                       "probabilities"]
+  assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+  assert row["top5"][0] == {"class": row["prediction"], "probability": row["confidence"]}
+  # Raw confidences get their own threshold, chosen on the saved val outputs.
+  with np.load(run_dir / selective.VAL_OUTPUTS) as z:
+    conf, ok = selective.confidence_and_correct(selective.probabilities(z["logits"]),
+                                                z["label"])
+  assert raw["threshold"] == selective.select_threshold(conf, ok, 0.95)
+
+
+def test_threshold_holds_its_target_on_validation(run_dir, tmp_path, capsys):
+  results = _results(run_dir)
+  sel = results["selective"]
+  with np.load(run_dir / selective.VAL_OUTPUTS) as z:
+    logits, labels = z["logits"], z["label"]
+  assert len(labels) == results["split_sizes"]["val"]
+  conf, ok = selective.confidence_and_correct(
+      selective.probabilities(logits, results["temperature"]), labels)
+  t = sel["threshold"]
+  coverage, accuracy = selective.accepted_stats(conf, ok, t)
+  assert (coverage, accuracy) == (sel["val_coverage"], sel["val_accuracy"])
+  if t <= 1.0:
+    assert accuracy >= sel["target_accuracy"] == 0.95
+  if 0.0 < t <= 1.0:  # the next lower confidence misses the target
+    lower = conf[conf < t].max()
+    assert selective.accepted_stats(conf, ok, lower)[1] < 0.95
+  for split in ("val", "test", "test_ts"):
+    assert 0.0 <= results[split]["aurc"] <= 1.0
+  raw_conf, raw_ok = selective.confidence_and_correct(
+      selective.probabilities(_reference_test_logits(run_dir)[0]),
+      np.load(_npz())["test_labels"].reshape(-1))
+  assert results["test"]["aurc"] == pytest.approx(selective.aurc(raw_conf, raw_ok), abs=1e-6)
+
+  # Another target: chosen on the saved validation outputs.
+  low = predict.predict_to_file(run_dir, _npz(), tmp_path / "a.csv", target_accuracy=0.6,
+                                progress=False)
+  assert low["threshold"] == selective.select_threshold(conf, ok, 0.6) <= t
+  # Without them: the stored threshold, with a note; raw confidences refused.
+  bare = tmp_path / "bare"
+  shutil.copytree(run_dir, bare)
+  (bare / selective.VAL_OUTPUTS).unlink()
+  notes = []
+  kept = predict.predict_to_file(bare, _npz(), tmp_path / "b.csv", target_accuracy=0.6,
+                                 progress=False, log=notes.append)
+  assert kept["threshold"] == t and notes and notes[0].startswith("note: ")
+  line = _error(capsys, bare, _npz(), tmp_path / "c.csv", temperature=False)
+  assert line.startswith(f"error: --no_temperature: workdir {bare} saved no validation")
+  assert not (tmp_path / "c.csv").exists()
+  off = predict.predict_to_file(bare, _npz(), tmp_path / "d.csv", temperature=False,
+                                abstain=False, progress=False)
+  assert off["abstained"] == 0 and off["threshold"] is None
+  assert {r["abstain"] for r in _read_csv(tmp_path / "d.csv")} == {"false"}
+
+
+# ----------------------------------------------------------------------------
+# DICOM.
+# ----------------------------------------------------------------------------
+
+
+def _testdata(name):
+  from pydicom.data import get_testdata_file  # pylint: disable=import-outside-toplevel
+  path = get_testdata_file(name)
+  if path is None:
+    pytest.skip(f"pydicom test file {name} not shipped with this pydicom")
+  return pathlib.Path(path)
+
+
+def test_dicom_files_decode_and_classify(run_dir, tmp_path, jpegs):
+  scans = tmp_path / "scans"
+  (scans / "ct").mkdir(parents=True)
+  shutil.copy(_testdata("CT_small.dcm"), scans / "ct" / "CT_small.dcm")
+  shutil.copy(_testdata("MR_small.dcm"), scans / "slice0001")  # no suffix: DICM preamble
+  (scans / "mri.jpg").write_bytes(jpegs[0])
+  (scans / "notes.txt").write_text("not an input")
+  out = tmp_path / "dicom.csv"
+  summary = predict.predict_to_file(run_dir, scans, out, progress=False)
+  rows = _read_csv(out)
+  assert [r["path"] for r in rows] == [str(scans / "ct" / "CT_small.dcm"),
+                                       str(scans / "mri.jpg"), str(scans / "slice0001")]
+  assert summary["count"] == 3 and "label" not in rows[0]
+  names = _results(run_dir)["class_names"]
+  for r in rows:
+    assert r["prediction"] in names
+    assert sum(float(r[f"p_{c}"]) for c in names) == pytest.approx(1.0, abs=1e-5)
+  # A single DICOM file as input.
+  one = predict.predict_to_file(run_dir, _testdata("MR_small.dcm"), tmp_path / "one.csv",
+                                progress=False)
+  assert one["count"] == 1
+  assert _read_csv(tmp_path / "one.csv")[0]["p_glioma"] == rows[2]["p_glioma"]
+
+
+def test_dicom_display_mapping(tmp_path):
+  ct = pydicom.dcmread(_testdata("CT_small.dcm"))  # no window: min-max after rescale
+  image = dicom.read_dicom(_testdata("CT_small.dcm"))
+  assert image.dtype == np.uint8 and image.shape == (128, 128)
+  assert image.min() == 0 and image.max() == 255
+  ct.RescaleSlope, ct.RescaleIntercept = 2, -1024
+  ct.WindowCenter, ct.WindowWidth = [40, 400], [400, 1500]  # first value counts
+  ct.save_as(tmp_path / "ct_window.dcm")
+  values = ct.pixel_array.astype(np.float64) * 2 - 1024
+  c, w = 40.0, 400.0
+  want = np.clip((values - (c - 0.5)) / (w - 1) + 0.5, 0, 1) * 255
+  got = dicom.read_dicom(tmp_path / "ct_window.dcm").astype(np.float64)
+  assert np.max(np.abs(got - np.rint(want))) <= 1
+  assert (got[values <= c - 0.5 - (w - 1) / 2] == 0).all()
+  ct.PhotometricInterpretation = "MONOCHROME1"
+  ct.save_as(tmp_path / "ct_inverted.dcm")
+  np.testing.assert_array_equal(dicom.read_dicom(tmp_path / "ct_inverted.dcm"), 255 - got)
+  rgb = dicom.read_dicom(_testdata("SC_rgb_rle_16bit.dcm"))
+  assert rgb.shape == (100, 100, 3) and rgb.dtype == np.uint8
+
+
+def test_dicom_volume_and_undecodable_syntax_are_refused(run_dir, tmp_path, capsys):
+  volume = _testdata("rtdose.dcm")
+  assert int(pydicom.dcmread(volume).NumberOfFrames) > 1
+  line = _error(capsys, run_dir, volume, tmp_path / "v.csv")
+  assert line == (f"error: DICOM file {volume}: multi-frame volume (15 frames); "
+                  f"predict takes 2D images, so export the slices as single-frame files")
+  lossy = _testdata("JPEG-lossy.dcm")  # 12-bit JPEG: no installed decoder
+  line = _error(capsys, run_dir, lossy, tmp_path / "j.csv")
+  assert line.startswith(f"error: DICOM file {lossy}: cannot decode transfer syntax "
+                         f"'JPEG Extended (Process 2 and 4)'")
+  small = _testdata("SC_rgb_small_odd.dcm")
+  line = _error(capsys, run_dir, small, tmp_path / "s.csv")
+  assert line == f"error: image {small}: too small (3x3 pixels; at least 8 per side)"
+  assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------
+# Bad input.
+# ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bad_folder(tmp_path, jpegs):
+  """Two good scans and four bad files, in this sorted order."""
+  root = tmp_path / "in"
+  root.mkdir()
+  gray = np.asarray(Image.open(io.BytesIO(jpegs[1])).convert("L"))
+  (root / "a_good.jpg").write_bytes(jpegs[0])
+  Image.fromarray(gray).save(root / "b_good.png")
+  png = (root / "b_good.png").read_bytes()
+  (root / "c_truncated.png").write_bytes(png[:len(png) // 2])
+  (root / "d_text.png").write_text("this is not an image")
+  rgba = np.dstack([gray, gray, gray, np.full_like(gray, 255)])
+  Image.fromarray(rgba, "RGBA").save(root / "e_rgba.png")
+  Image.fromarray(gray[:5, :5]).save(root / "f_tiny.png")
+  return root
+
+
+def test_bad_files_stop_with_one_line_or_are_skipped(run_dir, bad_folder, tmp_path, capsys):
+  out = tmp_path / "out" / "p.csv"
+  out.parent.mkdir()
+  line = _error(capsys, run_dir, bad_folder, out)
+  assert line.startswith(f"error: cannot decode image {bad_folder / 'c_truncated.png'}: ")
+  assert not list(out.parent.iterdir())  # nothing half-written
+  expected = {
+      "d_text.png": f"error: cannot decode image {bad_folder / 'd_text.png'}: cannot "
+                    f"identify image file",
+      "e_rgba.png": f"error: image {bad_folder / 'e_rgba.png'}: expected 1 (grayscale) "
+                    f"or 3 (RGB) channels, got 4 (mode RGBA)",
+      "f_tiny.png": f"error: image {bad_folder / 'f_tiny.png'}: too small (5x5 pixels; "
+                    f"at least 8 per side)",
+  }
+  for name, want in expected.items():
+    assert _error(capsys, run_dir, bad_folder / name, out).startswith(want)
+  assert not list(out.parent.iterdir())
+
+  skipped = []
+  summary = predict.predict_to_file(run_dir, bad_folder, out, skip_bad=True,
+                                    progress=False, log=skipped.append)
+  assert summary["skipped"] == 4 and summary["count"] == 2
+  assert len(skipped) == 4 and all(m.startswith("skipped: ") for m in skipped)
+  assert [pathlib.Path(r["path"]).name for r in _read_csv(out)] == ["a_good.jpg",
+                                                                    "b_good.png"]
+
+
+def test_entry_point_skip_bad(run_dir, bad_folder, tmp_path):
+  out = tmp_path / "p.jsonl"
+  proc = subprocess.run(
+      [sys.executable, str(ENTRY), f"--workdir={run_dir}", f"--input={bad_folder}",
+       f"--output={out}", "--skip_bad", "--cpu_devices=1"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "skipped 4 bad input(s)" in proc.stderr.splitlines()
+  assert proc.stdout.startswith("predicted 2 images with ols / tiny_cnn (T=")
+  assert len(out.read_text().splitlines()) == 2
+  proc = subprocess.run(
+      [sys.executable, str(ENTRY), f"--workdir={run_dir}", f"--input={bad_folder}",
+       f"--output={tmp_path / 'q.csv'}", "--cpu_devices=1"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().startswith(
+      f"error: cannot decode image {bad_folder / 'c_truncated.png'}: ")
+  assert not (tmp_path / "q.csv").exists()
+
+
+def test_unfinished_workdir_and_wrong_inputs(run_dir, tmp_path, capsys):
+  out = tmp_path / "p.csv"
+  partial = tmp_path / "partial"
+  partial.mkdir()
+  shutil.copy(run_dir / "config.json", partial)
+  assert _error(capsys, partial, _npz(), out) == (
+      f"error: workdir {partial}: no results.json (the run has not finished; rerun "
+      f"its training command to finish it)")
+  shutil.copy(run_dir / "results.json", partial)
+  assert _error(capsys, partial, _npz(), out).startswith(
+      f"error: workdir {partial}: no checkpoint under ")
+  assert _error(capsys, tmp_path / "nowhere", _npz(), out) == (
+      f"error: workdir {tmp_path / 'nowhere'}: not found")
+
+  keys = tmp_path / "keys.npz"
+  np.savez(keys, images=np.zeros((2, 28, 28), np.uint8))
+  assert _error(capsys, run_dir, keys, out) == (
+      f"error: npz {keys}: no 'test_images' array (keys: images); expected the "
+      f"MedMNIST layout <split>_images[, <split>_labels]")
+  assert _error(capsys, run_dir, _npz(), out, split="holdout").startswith(
+      f"error: npz {_npz()}: no 'holdout_images' array (keys: class_names, ")
+  rgba = tmp_path / "rgba.npz"
+  np.savez(rgba, test_images=np.zeros((2, 28, 28, 4), np.uint8))
+  assert _error(capsys, run_dir, rgba, out) == (
+      f"error: npz {rgba}: test_images has shape (2, 28, 28, 4); expected (N, H, W) "
+      f"or (N, H, W, 1 or 3)")
+  notes = tmp_path / "notes.txt"
+  notes.write_text("x")
+  assert _error(capsys, run_dir, notes, out).startswith(
+      f"error: input {notes}: unsupported file type")
+  assert _error(capsys, run_dir, _npz(), tmp_path / "p.txt") == (
+      f"error: --output {tmp_path / 'p.txt'}: expected a .csv or .jsonl file name")
+  assert not out.exists()
+
+
+# ----------------------------------------------------------------------------
+# TensorBoard.
+# ----------------------------------------------------------------------------
+
+
+def _events(folder):
+  """(step, tag, value or 'image') of every summary in the event files."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  out = []
+  for path in sorted(folder.glob("events.out.tfevents.*")):
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+      (n,) = struct.unpack("<Q", data[i:i + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      for v in event.summary.value:
+        out.append((event.step, v.tag,
+                    v.simple_value if v.HasField("simple_value") else "image"))
+  return out
+
+
+def test_tensorboard_mirrors_metrics_jsonl(run_dir):
+  pytest.importorskip("tensorboardX")
+  events = _events(run_dir / "tensorboard")
+  scalars = {(s, t): v for s, t, v in events if v != "image"}
+  records = logging_utils.read_metrics(run_dir / "metrics.jsonl")
+  want = {(r["step"], k): float(v) for r in records for k, v in r.items()
+          if k != "step" and isinstance(v, (int, float))}
+  assert set(scalars) == set(want)
+  for key, value in want.items():
+    assert scalars[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+  last = records[-1]["step"]
+  images = {(s, t) for s, t, v in events if v == "image"}
+  assert images == {(last, "eval/reliability"), (last, "ols/soft_labels")}
+
+
+def test_tensorboard_failure_warns_once_and_stops(tmp_path):
+  pytest.importorskip("tensorboardX")
+  from ols_jax import tensorboard_log  # pylint: disable=import-outside-toplevel
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  stream = io.StringIO()
+  writer = tensorboard_log.EventWriter(blocker / "tb", stream=stream)
+  writer.scalars({"step": 1, "train/loss": 1.0})
+  writer.scalars({"step": 2, "train/loss": 0.5})
+  writer.close()
+  assert writer.failed
+  lines = stream.getvalue().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      f"warning: TensorBoard logging to {blocker / 'tb'} stopped: ")

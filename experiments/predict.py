@@ -10,10 +10,8 @@ files, or one split of a MedMNIST-layout npz. Writes one row per image (CSV
 or JSONL by the output's suffix).
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

@@ -51,8 +51,8 @@ def main(argv=None):
   bad = [m for m in methods if m not in losses.METHODS]
   if bad:
     p.error(f"--methods: unknown {bad}; valid: {', '.join(losses.METHODS)}")
-  if not pathlib.Path(args.config).is_file():
-    p.error(f"--config: no such file {args.config}")
+  if not pathlib.Path(args.config.partition(":")[0]).is_file():
+    p.error(f"--config: no such file {args.config.partition(':')[0]}")
   out = pathlib.Path(args.out)
   failed = []
   if not args.summarise_only:

@@ -39,8 +39,8 @@ SWEEPS = (
         name="organamnist_converged",
         title=("OrganAMNIST (11 classes, 28 px), ResNet-18 x0.25, 10 epochs, crop + "
                "laterality-aware flip, tuned on validation (seed 0)"),
-        config="experiments/configs/organamnist.py", model="resnet18", arms=FAIR_ARMS,
-        seeds=(0, 1, 2), extra=("--config.num_epochs=10",)),
+        config="experiments/configs/organamnist.py:converged", model="resnet18",
+        arms=FAIR_ARMS, seeds=(0, 1, 2)),
 )
 
 

@@ -208,3 +208,29 @@ def cpu_config(dataset: str, *, image_size: int = 28, channels: int = 1,
   c.weight_decay = 5e-4
   c.log_every_steps = 50
   return c
+
+
+def apply_variant(config: ml_collections.ConfigDict, variant: str,
+                  variants: dict[str, dict]) -> ml_collections.ConfigDict:
+  """Applies a named variant of an experiment config (``--config=file.py:variant``).
+
+  Args:
+    config: the config's default form.
+    variant: '' for the default, else a key of ``variants``.
+    variants: variant name -> field overrides.
+
+  Returns:
+    ``config`` with the variant's fields set.
+
+  Raises:
+    ConfigError: an unknown variant.
+  """
+  if not variant:
+    return config
+  if variant not in variants:
+    raise ConfigError(f"config variant {variant!r}: expected one of "
+                      f"{', '.join(sorted(variants)) or '(none)'}")
+  for field, value in variants[variant].items():
+    config[field] = value
+  return config
+

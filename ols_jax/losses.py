@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from ols_jax import ols
+from ols_jax import ops
 
 METHODS = ("ce", "ls", "ls_kminus1", "tfkd_reg", "tfkd_paper", "kd", "ols")
 # Names that no longer exist, and what to use instead.
@@ -125,14 +126,6 @@ def validate(spec: LossSpec) -> None:
   if spec.freeze_threshold is not None and not 0.0 < spec.freeze_threshold <= 1.0:
     raise ValueError("freeze_threshold: expected None or a value in (0, 1], "
                      f"got {spec.freeze_threshold!r}")
-
-
-def _hard_ce(logp: jax.Array, labels: jax.Array) -> jax.Array:
-  return -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
-
-
-def _soft_ce(logp: jax.Array, target: jax.Array) -> jax.Array:
-  return -jnp.sum(target * logp, axis=-1)
 
 
 def _kl(target: jax.Array, logp: jax.Array) -> jax.Array:
@@ -216,16 +209,16 @@ def per_example_loss(spec: LossSpec, logits: jax.Array, labels: jax.Array, *,
     return ols.per_example_loss(logits, labels, soft_labels, spec.alpha)
   logp = jax.nn.log_softmax(logits, axis=-1)
   if spec.method == "ce":
-    return _hard_ce(logp, labels)
+    return ops.hard_cross_entropy(logp, labels)
   if spec.method == "ls":
-    return _soft_ce(logp, smoothed_targets(labels, k, spec.eps))
+    return ops.soft_cross_entropy(logp, smoothed_targets(labels, k, spec.eps))
   if spec.method == "ls_kminus1":
-    return _soft_ce(logp, smoothed_targets_kminus1(labels, k, spec.eps))
+    return ops.soft_cross_entropy(logp, smoothed_targets_kminus1(labels, k, spec.eps))
   if spec.method == "tfkd_reg":
     teacher = tfkd_reg_teacher(labels, k, spec.reg_correct_prob, spec.reg_temperature)
     # nn.KLDivLoss() averages over all B * K elements; times the multiplier.
     kl_element_mean = _kl(teacher, logp) / k
-    return ((1.0 - spec.reg_alpha) * _hard_ce(logp, labels)
+    return ((1.0 - spec.reg_alpha) * ops.hard_cross_entropy(logp, labels)
             + spec.reg_alpha * spec.reg_multiplier * kl_element_mean)
   t = spec.temperature
   logp_t = jax.nn.log_softmax(logits / t, axis=-1)
@@ -240,5 +233,5 @@ def per_example_loss(spec: LossSpec, logits: jax.Array, labels: jax.Array, *,
   else:
     raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {spec.method!r}")
   teacher = jax.lax.stop_gradient(teacher)
-  return ((1.0 - spec.alpha) * _hard_ce(logp, labels)
+  return ((1.0 - spec.alpha) * ops.hard_cross_entropy(logp, labels)
           + spec.alpha * t * t * _kl(teacher, logp_t))

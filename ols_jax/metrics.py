@@ -11,8 +11,8 @@ Binning: ``num_bins`` equal-width bins on ``[0, 1]``; bin ``b`` is
 bin. The edges are float32 (see :func:`bin_edges`).
 
 :func:`host_metrics` gives the metrics that need every example at once
-(adaptive ECE, AUROC); :func:`numpy_reference_metrics` recomputes the
-:func:`finalize` metrics directly from probabilities in NumPy (a test oracle).
+(adaptive ECE, AUROC). The tests check :func:`finalize` against a NumPy
+oracle that recomputes every metric from probabilities (``tests/oracles.py``).
 
 References:
   Guo et al., "On Calibration of Modern Neural Networks", ICML 2017.
@@ -26,6 +26,8 @@ from typing import Any, Mapping, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ols_jax import ops
 
 SUM_KEYS = ("count", "correct1", "correct5", "nll", "brier", "conf_sum",
             "bin_count", "bin_conf", "bin_correct",
@@ -86,10 +88,7 @@ def eval_sums(logits: jax.Array, labels: jax.Array,
                      f"{logits.shape} and {labels.shape}")
   num_classes = logits.shape[-1]
   logits = logits.astype(jnp.float32)
-  if mask is None:
-    weight = jnp.ones(labels.shape, jnp.float32)
-  else:
-    weight = mask.astype(jnp.float32)
+  weight = ops.valid_mask(labels.shape, mask)
   valid = weight > 0
   labels = jnp.clip(labels.astype(jnp.int32), 0, num_classes - 1)
 
@@ -102,7 +101,7 @@ def eval_sums(logits: jax.Array, labels: jax.Array,
   correct1 = (pred == labels).astype(jnp.float32)
   _, top_idx = jax.lax.top_k(probs, min(5, num_classes))
   correct5 = jnp.any(top_idx == labels[:, None], axis=-1).astype(jnp.float32)
-  nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+  nll = ops.hard_cross_entropy(log_probs, labels)
   brier = jnp.sum(jnp.square(probs - onehot), axis=-1)
 
   def wsum(x):
@@ -273,75 +272,6 @@ def _check_probs(probs, labels):
   return probs, labels
 
 
-def numpy_reference_metrics(probs: np.ndarray, labels: np.ndarray,
-                            num_bins: int = 15) -> dict[str, float]:
-  """The :func:`finalize` metrics computed directly from probabilities.
-
-  A straightforward NumPy implementation used as a test oracle; the bin
-  assignment uses the same float32 edges as :func:`eval_sums`.
-
-  Args:
-    probs: ``(N, K)`` probabilities (rows sum to one).
-    labels: ``(N,)`` integer labels.
-    num_bins: number of equal-width bins.
-
-  Returns:
-    A dict with the keys of :func:`finalize`.
-  """
-  probs32 = np.asarray(probs, np.float32)
-  probs, labels = _check_probs(probs, labels)
-  n, num_classes = probs.shape
-  if n == 0:
-    out = {k: float("nan") for k in FINAL_KEYS}
-    out["count"] = 0.0
-    return out
-  edges = bin_edges(num_bins)
-  rows = np.arange(n)
-  conf32 = probs32.max(axis=1)
-  conf = conf32.astype(np.float64)
-  pred = probs.argmax(axis=1)
-  hit = (pred == labels).astype(np.float64)
-  k = min(5, num_classes)
-  topk = np.argsort(-probs32, axis=1, kind="stable")[:, :k]
-  hit5 = np.any(topk == labels[:, None], axis=1)
-  p_true = probs[rows, labels]
-  onehot = np.eye(num_classes)[labels]
-
-  def calib(scores32, scores, targets):
-    """ECE-style sum of |acc - conf| * n_b and the max per-bin gap."""
-    idx = np.searchsorted(edges, scores32, side="right")
-    total, worst = 0.0, float("nan")
-    for b in range(num_bins):
-      sel = idx == b
-      if not np.any(sel):
-        continue
-      gap = abs(np.mean(targets[sel]) - np.mean(scores[sel]))
-      total += gap * np.sum(sel)
-      worst = gap if np.isnan(worst) else max(worst, gap)
-    return total, worst
-
-  ece_sum, mce = calib(conf32, conf, hit)
-  cw_sum = 0.0
-  for c in range(num_classes):
-    cw_sum += calib(probs32[:, c], probs[:, c],
-                    (labels == c).astype(np.float64))[0]
-  accuracy = float(np.mean(hit))
-  mean_conf = float(np.mean(conf))
-  return {
-      "top1_error": 1.0 - accuracy,
-      "top5_error": 1.0 - float(np.mean(hit5)),
-      "nll": float(np.mean(-np.log(np.maximum(p_true, 1e-300)))),
-      "brier": float(np.mean(np.sum((probs - onehot) ** 2, axis=1))),
-      "ece": ece_sum / n,
-      "mce": float(mce),
-      "classwise_ece": cw_sum / (n * num_classes),
-      "mean_confidence": mean_conf,
-      "accuracy": accuracy,
-      "calibration_gap": mean_conf - accuracy,
-      "count": float(n),
-  }
-
-
 def adaptive_ece(probs: np.ndarray, labels: np.ndarray,
                  num_bins: int = 15) -> float:
   """Top-label ECE with equal-mass (adaptive) bins.
@@ -432,7 +362,7 @@ def host_metrics(probs: np.ndarray, labels: np.ndarray,
   """Metrics that need the whole evaluation set, computed in NumPy.
 
   Only the metrics that cannot be summed batch by batch; the others come from
-  :func:`finalize` (or :func:`numpy_reference_metrics`), so merging this dict
+  :func:`finalize`, so merging this dict
   into a :func:`finalize` result never overwrites anything.
 
   Args:

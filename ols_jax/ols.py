@@ -24,6 +24,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from ols_jax import ops
+
 INITS = ("uniform", "zeros", "label_smoothing")
 
 
@@ -100,12 +102,6 @@ def init(num_classes: int, init: str = "uniform", eps: float = 0.1) -> OLSState:
   )
 
 
-def _valid_mask(labels: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
-  if mask is None:
-    return jnp.ones(labels.shape, jnp.float32)
-  return mask.astype(jnp.float32)
-
-
 def label_is_argmax(x: jax.Array, labels: jax.Array) -> jax.Array:
   """``argmax(x, -1) == labels`` (ties: first index wins), without argmax.
 
@@ -138,32 +134,9 @@ def _correct_rows(logits: jax.Array, labels: jax.Array, num_classes: int,
   """
   probs = jax.nn.softmax(jax.lax.stop_gradient(logits).astype(jnp.float32), axis=-1)
   correct = label_is_argmax(probs, labels).astype(jnp.float32)
-  weight = correct * _valid_mask(labels, mask)
+  weight = correct * ops.valid_mask(labels.shape, mask)
   segments = jnp.where(weight > 0, labels, num_classes)
   return probs, segments, weight
-
-
-def batch_statistics(logits: jax.Array, labels: jax.Array, num_classes: int,
-                     mask: Optional[jax.Array] = None
-                     ) -> tuple[jax.Array, jax.Array]:
-  """Per-class sums of correct softmax vectors and counts for one batch.
-
-  Args:
-    logits: ``(B, K)`` logits of the training forward pass (any float dtype).
-    labels: ``(B,)`` integer true classes.
-    num_classes: ``K``.
-    mask: optional ``(B,)`` validity mask (1 = real sample, 0 = padding).
-
-  Returns:
-    ``(prob_sums, counts)``: ``(K, K)`` and ``(K,)`` float32 sums over the
-    valid samples whose argmax equals their label (ties: first index wins).
-  """
-  probs, segments, weight = _correct_rows(logits, labels, num_classes, mask)
-  prob_sums = jax.ops.segment_sum(probs * weight[:, None], segments,
-                                  num_segments=num_classes + 1)[:num_classes]
-  counts = jax.ops.segment_sum(weight, segments,
-                               num_segments=num_classes + 1)[:num_classes]
-  return prob_sums, counts
 
 
 def accumulate(state: OLSState, logits: jax.Array, labels: jax.Array,
@@ -253,7 +226,7 @@ def loss(logits: jax.Array, labels: jax.Array, soft_labels: jax.Array,
     Zhang et al., "Delving Deep into Label Smoothing", IEEE TIP 2021, Eq. (6).
   """
   return jnp.sum(per_example_loss(logits, labels, soft_labels, alpha, mask)
-                 ) / jnp.maximum(jnp.sum(_valid_mask(labels, mask)), 1.0)
+                 ) / jnp.maximum(jnp.sum(ops.valid_mask(labels.shape, mask)), 1.0)
 
 
 def per_example_loss(logits: jax.Array, labels: jax.Array,
@@ -272,10 +245,10 @@ def per_example_loss(logits: jax.Array, labels: jax.Array,
     ``(B,)`` float32 losses.
   """
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  hard = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+  hard = ops.hard_cross_entropy(logp, labels)
   target = jax.lax.stop_gradient(soft_labels.astype(jnp.float32))[labels]
-  soft = -jnp.sum(target * logp, axis=-1)
-  return (alpha * hard + (1.0 - alpha) * soft) * _valid_mask(labels, mask)
+  soft = ops.soft_cross_entropy(logp, target)
+  return (alpha * hard + (1.0 - alpha) * soft) * ops.valid_mask(labels.shape, mask)
 
 
 def row_entropy(soft_labels: jax.Array) -> jax.Array:

@@ -17,18 +17,12 @@ import optax
 from ols_jax import losses
 from ols_jax import metrics as metrics_lib
 from ols_jax import ols
+from ols_jax import ops
 from ols_jax.train_state import TrainState
 
 
 def _psum(x, axis_name):
   return x if axis_name is None else jax.lax.psum(x, axis_name)
-
-
-def _batch_mask(batch) -> jax.Array:
-  mask = batch.get("mask")
-  if mask is None:
-    return jnp.ones(batch["label"].shape, jnp.float32)
-  return mask.astype(jnp.float32)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array],
@@ -54,7 +48,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     Zhang et al., "Delving Deep into Label Smoothing", IEEE TIP 2021, Alg. 1.
   """
   images, labels = batch["image"], batch["label"].astype(jnp.int32)
-  mask = _batch_mask(batch)
+  mask = ops.valid_mask(batch["label"].shape, batch.get("mask"))
   count = _psum(jnp.sum(mask), axis_name)
   rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:
@@ -115,7 +109,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
     and ``{'logits', 'embedding'}`` per example (empty if not requested).
   """
   labels = batch["label"].astype(jnp.int32)
-  mask = _batch_mask(batch)
+  mask = ops.valid_mask(batch["label"].shape, batch.get("mask"))
   logits, embedding = state.apply_fn(state.variables(), batch["image"],
                                      train=False, return_embedding=True)
   sums = metrics_lib.eval_sums(logits, labels, mask, num_bins=num_bins)

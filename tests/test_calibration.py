@@ -3,9 +3,11 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+import oracles
 from hypothesis import given, settings, strategies as st
 
-from ols_jax import calibration, metrics
+from ols_jax import calibration
 
 
 def _softmax(z):
@@ -29,9 +31,9 @@ def test_recovers_temperature_of_overconfident_logits():
   logits = 3.0 * z  # over-confident by a factor 3
   t = calibration.fit_temperature(logits, labels)
   assert abs(t - 3.0) < 0.15, t
-  before = metrics.numpy_reference_metrics(_softmax(logits), labels)
+  before = oracles.numpy_reference_metrics(_softmax(logits), labels)
   scaled = np.asarray(calibration.apply_temperature(logits, t))
-  after = metrics.numpy_reference_metrics(_softmax(scaled), labels)
+  after = oracles.numpy_reference_metrics(_softmax(scaled), labels)
   assert after["ece"] < 0.5 * before["ece"]
   assert after["ece"] < 0.02
   assert after["nll"] < before["nll"]

@@ -1,4 +1,4 @@
-"""Metrics file and progress display."""
+"""Metrics file and progress display (process 0 only in a multi-process run)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,33 @@ import sys
 import time
 from typing import Any, Optional, TextIO
 
+import jax
+
+
+def is_main_process() -> bool:
+  """Whether this process writes the run's files and shows its progress.
+
+  Process 0 of a multi-process run; every other process computes the same
+  values and stays quiet.
+  """
+  return jax.process_index() == 0
+
 
 class MetricWriter:
   """Appends one JSON object per line to ``metrics.jsonl``.
 
   On resume, lines logged after the restored step (written by the interrupted
   run after its last checkpoint) are dropped, so the file matches an
-  uninterrupted run.
+  uninterrupted run. Disabled (``enabled`` None: on processes other than 0),
+  it neither reads nor writes the file.
   """
 
-  def __init__(self, path: pathlib.Path, truncate_after_step: Optional[int] = None):
+  def __init__(self, path: pathlib.Path, truncate_after_step: Optional[int] = None,
+               enabled: Optional[bool] = None):
     self._path = pathlib.Path(path)
+    self.enabled = is_main_process() if enabled is None else enabled
+    if not self.enabled:
+      return
     if truncate_after_step is not None and self._path.exists():
       kept = []
       for line in self._path.read_text().splitlines():
@@ -35,6 +51,8 @@ class MetricWriter:
     self._path.touch()
 
   def write(self, record: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
     clean = {k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, str))
                  else v) for k, v in record.items()}
     # Opened per line, so no handle is left open when a run stops on an error.
@@ -64,12 +82,12 @@ def _fmt_time(seconds: float) -> str:
 
 class Progress:
   """A progress bar with steps/s, images/s and ETA on a terminal; plain
-  periodic lines (every ~10 s) otherwise."""
+  periodic lines (every ~10 s) otherwise; silent on processes other than 0."""
 
   def __init__(self, total_steps: int, *, enabled: bool = True,
                stream: TextIO = sys.stderr, interval_s: float = 10.0):
     self.total = max(total_steps, 1)
-    self.enabled = enabled
+    self.enabled = enabled and is_main_process()
     self.stream = stream
     self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
     self.interval = 0.5 if self.tty else interval_s

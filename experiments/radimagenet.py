@@ -4,8 +4,16 @@
 
 Every config field can be overridden: --config.method=ce --config.seed=1 ...
 Rerunning the same command on the same workdir resumes the run.
+
+Several processes (hosts), each running the same command:
+  ... --distributed                       # SLURM, Open MPI, Cloud TPU: auto-detected
+  ... --distributed --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+experiments/launch_local.py starts N such processes on this machine.
 """
 
+import os
+import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -21,14 +29,26 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (resumed if it ho
 _DEBUG = flags.DEFINE_bool("debug", False, "Show full tracebacks on errors.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
-    "Multi-host run: call jax.distributed.initialize() first (coordinator, process "
-    "count and id from the cluster environment, e.g. SLURM or Cloud TPU).")
+    "Multi-process run: call jax.distributed.initialize() first. Coordinator, "
+    "process count and id come from the flags below or, where not given, from "
+    "the cluster environment (SLURM, Open MPI, Cloud TPU).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed: HOST:PORT of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --distributed: how many processes take part.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --distributed: this process's index, 0 .. N-1.")
+_DISTRIBUTED_TIMEOUT = flags.DEFINE_float(
+    "distributed_timeout_s", 300.0,
+    "With --distributed: seconds allowed for every process to join; after that "
+    "the run stops with an error instead of waiting.")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 0,
     "On a CPU-only host: split the CPU into this many XLA devices for data "
     "parallelism (XLA runs each convolution on one thread). 0 = one per usable "
     "core, reduced to a count that divides the batch sizes; 1 = a single device. "
-    "Ignored when XLA_FLAGS already fixes the host device count or thread count.")
+    "Per process in a --distributed run. Ignored when XLA_FLAGS already fixes "
+    "the host device count or thread count.")
 
 
 def main(argv):
@@ -39,13 +59,44 @@ def main(argv):
     # error is reported on one line (--debug shows everything).
     logging.get_absl_logger().addFilter(
         lambda r: r.levelno < logging.converter.STANDARD_ERROR or "orbax" not in r.pathname)
-  if _DISTRIBUTED.value:
-    parallel.initialize_distributed(auto=True)
-  else:
-    config = _CONFIG.value
-    parallel.configure_cpu_devices(_CPU_DEVICES.value,
-                                   (config.batch_size, config.eval_batch_size))
-  return cli.run_main(_CONFIG.value, _WORKDIR.value, debug=_DEBUG.value)
+  config = _CONFIG.value
+  given = [f.name for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)
+           if f.value is not None]
+  if given and not _DISTRIBUTED.value:
+    return _fail(f"--{given[0]} needs --distributed")
+  parallel.configure_cpu_devices(_CPU_DEVICES.value,
+                                 (config.batch_size, config.eval_batch_size),
+                                 processes=_NUM_PROCESSES.value or 1)
+  if not _DISTRIBUTED.value:
+    return cli.run_main(config, _WORKDIR.value, debug=_DEBUG.value)
+  try:
+    parallel.initialize_distributed(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=True,
+        timeout_s=_DISTRIBUTED_TIMEOUT.value)
+  except ValueError as e:
+    if _DEBUG.value:
+      raise
+    return _fail(str(e))
+  try:
+    return cli.run_main(config, _WORKDIR.value, debug=_DEBUG.value)
+  except BaseException as e:  # pylint: disable=broad-except
+    # A failed process leaves at once, without JAX's shutdown barrier (which
+    # would wait for the others and then abort with a native trace); the
+    # others stop on their next collective.
+    code = e.code if isinstance(e, SystemExit) else 1
+    if not code:
+      raise
+    if not isinstance(e, SystemExit):
+      traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 1)  # pylint: disable=protected-access
+
+
+def _fail(message: str) -> int:
+  """Prints ``error: message`` and exits with status 2."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Metrics file and progress display."""
+"""Metrics file and progress display (process 0 only in a multi-process run)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,38 @@ import sys
 import time
 from typing import Any, Optional, TextIO
 
+import jax
+
+
+def is_main_process() -> bool:
+  """Whether this process writes the run's files and shows its progress.
+
+  Process 0 of a multi-process run; every other process computes the same
+  values and stays quiet.
+  """
+  return jax.process_index() == 0
+
 
 class MetricWriter:
   """Appends one JSON object per line to ``metrics.jsonl``.
 
   On resume, lines logged after the restored step (written by the interrupted
   run after its last checkpoint) are dropped, so the file matches an
-  uninterrupted run. With ``tensorboard_dir`` (and tensorboardX installed),
-  every record also goes to TensorBoard event files there, from this one
-  place (:mod:`ols_jax.tensorboard_log`); ``events`` is then that writer.
+  uninterrupted run. Disabled (``enabled`` None: on processes other than 0),
+  it neither reads nor writes the file. With ``tensorboard_dir`` (and
+  tensorboardX installed), every record also goes to TensorBoard event files
+  there, from this one place (:mod:`ols_jax.tensorboard_log`); ``events`` is
+  then that writer.
   """
 
   def __init__(self, path: pathlib.Path, truncate_after_step: Optional[int] = None,
-               tensorboard_dir: Optional[pathlib.Path] = None):
+               tensorboard_dir: Optional[pathlib.Path] = None,
+               enabled: Optional[bool] = None):
     self._path = pathlib.Path(path)
     self.events = None
+    self.enabled = is_main_process() if enabled is None else enabled
+    if not self.enabled:
+      return
     if tensorboard_dir is not None:
       from ols_jax import tensorboard_log  # pylint: disable=import-outside-toplevel
       if tensorboard_log.available():
@@ -45,6 +62,8 @@ class MetricWriter:
     self._path.touch()
 
   def write(self, record: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
     clean = {k: (float(v) if hasattr(v, "__float__") and not isinstance(v, (int, str))
                  else v) for k, v in record.items()}
     # Opened per line, so no handle is left open when a run stops on an error.
@@ -77,7 +96,7 @@ def _fmt_time(seconds: float) -> str:
 
 class Progress:
   """A progress bar with steps/s, images/s and ETA on a terminal; plain
-  periodic lines (every ~10 s) otherwise."""
+  periodic lines (every ~10 s) otherwise; silent on processes other than 0."""
 
   def __init__(self, total_steps: int, *, enabled: bool = True,
                stream: TextIO = sys.stderr, interval_s: float = 10.0,
@@ -85,7 +104,7 @@ class Progress:
     """With ``quiet_start``, nothing is shown during the first interval, so
     a short job prints no progress at all."""
     self.total = max(total_steps, 1)
-    self.enabled = enabled
+    self.enabled = enabled and is_main_process()
     self.stream = stream
     self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
     self.interval = 0.5 if self.tty else interval_s

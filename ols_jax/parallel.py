@@ -3,20 +3,26 @@
 
 Multi-host: call :func:`initialize_distributed` first in every process (it wraps
 ``jax.distributed.initialize()``, which reads the coordinator address, process
-count and id from the cluster environment, e.g. SLURM or Cloud TPU, or from the
-arguments). Every process then builds the same mesh over *all* devices and feeds
-only its own rows of the global batch; :func:`put_batch` assembles them into one
-global ``jax.Array`` with ``jax.make_array_from_process_local_data``.
+count and id from the arguments or the cluster environment, e.g. SLURM or Cloud
+TPU). Every process then builds the same mesh over *all* devices, process 0's
+first, and feeds only its own rows of the global batch; :func:`put_batch`
+assembles them into one global ``jax.Array`` with
+``jax.make_array_from_process_local_data``. Replicated results (state, metric
+sums) are read on every process; batch-sharded outputs are gathered with
+:func:`global_rows`.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
+import threading
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ols_jax import losses
@@ -29,24 +35,68 @@ PMAP_AXIS = "batch"
 def initialize_distributed(coordinator_address: Optional[str] = None,
                            num_processes: Optional[int] = None,
                            process_id: Optional[int] = None,
-                           auto: bool = False) -> None:
-  """Joins a multi-host run.
+                           auto: bool = False,
+                           timeout_s: float = 300.0) -> None:
+  """Joins a multi-host run, or exits cleanly if that fails within ``timeout_s``.
 
   A no-op when there is one process and no arguments, unless ``auto``: then
-  ``jax.distributed.initialize()`` detects everything from the cluster
-  environment (SLURM, Open MPI, Cloud TPU, ...).
+  ``jax.distributed.initialize()`` detects what is not given from the cluster
+  environment (SLURM, Open MPI, Cloud TPU, ...). On CPU, cross-process
+  collectives use gloo. Call it before anything else touches JAX (set
+  ``jax_num_cpu_devices`` first, see :func:`configure_cpu_devices`); it also
+  starts the back-ends, which waits for every process.
+
+  XLA aborts the whole process with a long native trace when the coordinator
+  cannot be reached or a process never joins; a watchdog thread (the native
+  call releases the GIL) fires first, prints one ``error: ...`` line and exits
+  with status 2.
 
   Args:
     coordinator_address: ``host:port`` of process 0, or None to auto-detect.
     num_processes: total processes, or None to auto-detect.
     process_id: this process's index, or None to auto-detect.
     auto: initialise even without arguments.
+    timeout_s: seconds allowed for every process to join.
+
+  Raises:
+    ValueError: bad arguments or nothing to auto-detect from (one line).
   """
   if not auto and coordinator_address is None and num_processes in (None, 1):
     return
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes,
-                             process_id=process_id)
+  if timeout_s <= 0:
+    raise ValueError(f"distributed_timeout_s: expected > 0, got {timeout_s}")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  where = coordinator_address or "the auto-detected coordinator"
+  who = "this process" if process_id is None else f"process {process_id}"
+  watchdog = _exit_later(
+      timeout_s, f"error: distributed: {who} could not join the run at {where} "
+      f"within {timeout_s:g} s (coordinator unreachable, or a process did not "
+      f"start or died)")
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes,
+                               process_id=process_id,
+                               initialization_timeout=int(timeout_s) + 30)
+    jax.devices()  # every process's devices: waits for all of them.
+  except (RuntimeError, ValueError) as e:
+    text = str(e).strip().splitlines()
+    raise ValueError(f"distributed: {text[0] if text else type(e).__name__}") from None
+  finally:
+    watchdog.cancel()
+
+
+def _exit_later(seconds: float, message: str):
+  """A started daemon timer that prints ``message`` and exits with status 2."""
+  def fire():
+    sys.stdout.flush()
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+    os._exit(2)  # pylint: disable=protected-access
+
+  timer = threading.Timer(seconds, fire)
+  timer.daemon = True
+  timer.start()
+  return timer
 
 
 def usable_cores() -> int:
@@ -85,8 +135,12 @@ def cpu_device_count(requested: int, batch_sizes: Sequence[int],
   return n
 
 
-def configure_cpu_devices(requested: int, batch_sizes: Sequence[int]) -> int:
+def configure_cpu_devices(requested: int, batch_sizes: Sequence[int],
+                          processes: int = 1) -> int:
   """Splits the host CPU into XLA devices before JAX starts its backends.
+
+  In a run of ``processes`` processes the count is per process, and the
+  automatic count divides each process's share of the batch.
 
   Leaves everything alone (and returns 0) when the count was already fixed
   through ``XLA_FLAGS`` (``--xla_force_host_platform_device_count``) or when
@@ -101,7 +155,7 @@ def configure_cpu_devices(requested: int, batch_sizes: Sequence[int]) -> int:
   if ("xla_force_host_platform_device_count" in flags
       or "xla_cpu_multi_thread_eigen=false" in flags):
     return 0
-  n = cpu_device_count(requested, batch_sizes)
+  n = cpu_device_count(requested, [max(b // processes, 1) for b in batch_sizes])
   jax.config.update("jax_num_cpu_devices", n)
   return n
 
@@ -109,10 +163,13 @@ def configure_cpu_devices(requested: int, batch_sizes: Sequence[int]) -> int:
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   """A 1-D mesh with axis ``'data'`` over ``devices`` (default: all).
 
-  The axis type is Auto so XLA propagates shardings through the gathers and
-  scatters of the OLS update.
+  Devices are ordered by process, so process ``i``'s rows of a global batch
+  (see :mod:`ols_jax.data.pipeline`) land on its own devices. The axis type is
+  Auto so XLA propagates shardings through the gathers and scatters of the OLS
+  update.
   """
-  devices = list(jax.devices() if devices is None else devices)
+  devices = sorted(jax.devices() if devices is None else devices,
+                   key=lambda d: (d.process_index, d.id))
   return Mesh(np.asarray(devices), (DATA_AXIS,),
               axis_types=(jax.sharding.AxisType.Auto,))
 
@@ -151,6 +208,24 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
 
 def replicate_on_mesh(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated_sharding(mesh))
+
+
+def global_rows(tree: Any) -> Any:
+  """Host numpy copies of whole global batches, on every process.
+
+  A batch-sharded ``jax.Array`` that spans other processes is all-gathered; a
+  numpy array is taken as this process's consecutive rows and concatenated
+  with the other processes' rows in process order (the global batch order).
+  With one process this is ``jax.device_get``.
+  """
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+  def one(x):
+    if isinstance(x, jax.Array) and x.is_fully_replicated:
+      return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(one, tree)
 
 
 def jit_train_step(spec: losses.LossSpec, mesh: Mesh,
@@ -210,18 +285,55 @@ def pmap_epoch_boundary(freeze_threshold: Optional[float] = None):
   return jax.pmap(fn, axis_name=PMAP_AXIS)
 
 
+def _stack_on(rows: Sequence[np.ndarray], devices: Sequence[jax.Device]) -> jax.Array:
+  """``rows[i]`` on ``devices[i]``, as one array with a leading device axis."""
+  sharding = NamedSharding(Mesh(np.asarray(devices), (PMAP_AXIS,)), P(PMAP_AXIS))
+  return jax.device_put(np.stack(rows), sharding)
+
+
 def replicate(tree: Any, devices: Optional[Sequence[jax.Device]] = None) -> Any:
   """Copies a pytree onto each local device (leading device axis)."""
   devices = list(jax.local_devices() if devices is None else devices)
-  sharding = NamedSharding(Mesh(np.asarray(devices), (PMAP_AXIS,)), P(PMAP_AXIS))
-  return jax.tree.map(
-      lambda x: jax.device_put(np.stack([np.asarray(x)] * len(devices)), sharding),
-      tree)
+  return jax.tree.map(lambda x: _stack_on([np.asarray(x)] * len(devices), devices),
+                      tree)
 
 
 def unreplicate(tree: Any) -> Any:
   """Takes replica 0 of a replicated pytree."""
   return jax.tree.map(lambda x: x[0], tree)
+
+
+def replicate_state(tree: Any, devices: Sequence[jax.Device]) -> Any:
+  """:func:`replicate`, but a TrainState's OLS sums go to replica 0 only.
+
+  The inverse of :func:`unreplicate_state`: the other replicas start from
+  zero, so the psum at the epoch boundary adds the restored sums once.
+  """
+  out = replicate(tree, devices)
+  acc = getattr(tree, "ols", None)
+  if acc is None:
+    return out
+
+  def first_only(x):
+    x = np.asarray(x)
+    return _stack_on([x] + [np.zeros_like(x)] * (len(devices) - 1), devices)
+  return out.replace(ols=out.ols.replace(prob_sums=first_only(acc.prob_sums),
+                                         counts=first_only(acc.counts)))
+
+
+def unreplicate_state(tree: Any) -> Any:
+  """:func:`unreplicate`, but a TrainState's OLS sums are added over replicas.
+
+  Under pmap each replica accumulates the sums of its own rows until the epoch
+  boundary adds them up; a mid-epoch checkpoint of replica 0 alone would lose
+  the others' share of the epoch.
+  """
+  out = unreplicate(tree)
+  acc = getattr(tree, "ols", None)
+  if acc is None:
+    return out
+  return out.replace(ols=out.ols.replace(prob_sums=np.sum(acc.prob_sums, axis=0),
+                                         counts=np.sum(acc.counts, axis=0)))
 
 
 def split_for_pmap(batch: dict[str, np.ndarray], num_devices: int) -> dict[str, np.ndarray]:
@@ -243,7 +355,8 @@ class DataParallel:
   ``train(state, host_batch, *teacher)``, ``evaluate(state, host_batch)`` and
   ``boundary(state)`` take and return device-side state; ``to_device`` /
   ``to_host`` convert a plain (single-copy) TrainState. Metrics come back as
-  global sums and eval outputs as ``(B, ...)`` arrays in both modes.
+  global sums and eval outputs as host ``(B, ...)`` arrays of the whole global
+  batch (on every process) in both modes.
   """
 
   def __init__(self, mode: str, spec: losses.LossSpec,
@@ -255,6 +368,9 @@ class DataParallel:
     self.devices = list(devices)
     n = len(self.devices)
     if mode == "jit":
+      if jax.process_count() > 1 and n != jax.device_count():
+        raise ValueError(f"num_devices: a multi-process run uses every device of "
+                         f"every process ({jax.device_count()}), got {n}")
       self.mesh = make_mesh(self.devices)
       self._train = jit_train_step(spec, self.mesh, teacher_apply)
       self._eval = jit_eval_step(self.mesh, num_bins, with_outputs=False)
@@ -274,11 +390,12 @@ class DataParallel:
   def to_device(self, tree: Any) -> Any:
     if self.mode == "jit":
       return replicate_on_mesh(tree, self.mesh)
-    return replicate(tree, self.devices)
+    return replicate_state(tree, self.devices)
 
   def to_host(self, tree: Any) -> Any:
+    """A host copy (on every process); under pmap the OLS sums of all replicas."""
     tree = jax.device_get(tree)
-    return tree if self.mode == "jit" else unreplicate(tree)
+    return tree if self.mode == "jit" else unreplicate_state(tree)
 
   def _batch(self, batch):
     if self.mode == "jit":
@@ -299,7 +416,7 @@ class DataParallel:
     if self.mode == "pmap":
       sums = jax.tree.map(lambda x: x[0], sums)
       outputs = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), outputs)
-    return sums, outputs
+    return sums, global_rows(outputs)
 
   def boundary(self, state):
     return self._boundary(state)

@@ -97,7 +97,12 @@ def write_report(workdir: pathlib.Path, config, summary: dict[str, Any], *,
                  test_out: dict[str, np.ndarray], temperature: float,
                  soft_labels: Optional[np.ndarray], figures: bool = True,
                  tsne_samples: int = 1000) -> None:
-  """Writes ``report.md`` and, if ``figures``, the PNG figures of a run."""
+  """Writes ``report.md`` and, if ``figures``, the PNG figures of a run.
+
+  Only process 0 of a multi-process run writes; the others return at once.
+  """
+  if jax.process_index():
+    return
   workdir = pathlib.Path(workdir)
   fig_dir = workdir / "figures"
   fig_dir.mkdir(exist_ok=True)

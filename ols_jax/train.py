@@ -119,7 +119,7 @@ def _flip_labels(config, info) -> Optional[np.ndarray]:
 def _check_workdir(workdir: pathlib.Path) -> None:
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / ".write_probe"
+    probe = workdir / f".write_probe{jax.process_index()}"
     probe.write_bytes(b"0" * 4096)
     probe.unlink()
   except OSError as e:
@@ -128,12 +128,17 @@ def _check_workdir(workdir: pathlib.Path) -> None:
 
 
 def _save_npy_atomic(path: pathlib.Path, array: np.ndarray) -> None:
+  if jax.process_index():  # every process holds the same array; one writes it.
+    return
+  path.parent.mkdir(exist_ok=True)
   tmp = path.with_name(path.name + ".tmp.npy")
   np.save(tmp, array)
   os.replace(tmp, path)
 
 
 def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+  if jax.process_index():  # every process holds the same object; one writes it.
+    return
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
   os.replace(tmp, path)
@@ -195,7 +200,8 @@ def evaluate(dp: parallel.DataParallel, state, source, config, *, with_outputs: 
     host_labels, host_mask = batch["label"], batch["mask"]
     sums, out = dp.evaluate(state, batch, with_outputs=with_outputs)
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    if with_outputs:
+    if with_outputs:  # every process's rows, in order (outputs are already global).
+      host_labels, host_mask = parallel.global_rows((host_labels, host_mask))
       keep = host_mask > 0
       logits.append(np.asarray(jax.device_get(out["logits"]))[keep])
       embs.append(np.asarray(jax.device_get(out["embedding"]))[keep])
@@ -346,7 +352,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                         tensorboard_dir=workdir / "tensorboard" if config.tensorboard else None)
   state = dp.to_device(state)
   soft_dir = workdir / "soft_labels"
-  soft_dir.mkdir(exist_ok=True)
   if not (soft_dir / "epoch_000_initial.npy").exists():
     _save_npy_atomic(soft_dir / "epoch_000_initial.npy",
                      dp.soft_labels(state))

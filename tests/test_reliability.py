@@ -213,6 +213,29 @@ def test_kill_anywhere_then_resume_is_bit_identical(reference, tmp_path):
   _assert_same_run(_snapshot(workdir), _snapshot(reference))
 
 
+def test_kill_pmap_run_mid_epoch_then_resume_gives_the_same_s(tmp_path, shared_data):
+  """Under pmap each replica holds the OLS sums of its own rows; a mid-epoch
+  checkpoint keeps all of them, so the resumed S equals the uninterrupted one."""
+  shared_data("chest_ct")
+  run = dict(devices=2, parallel="pmap", num_epochs=1)
+  proc = _run_entry(tmp_path / "ref", **run)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  workdir = tmp_path / "run"
+  proc = _run_entry(workdir, crash="step:14", **run)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  assert _steps(workdir / "checkpoints" / "last") == [7, 14]
+  state, meta = _load_checkpoint(workdir / "checkpoints" / "last" / "14")
+  # S is accumulated over the correctly classified rows of both replicas.
+  assert float(np.sum(state["ols"]["counts"])) == meta["epoch_sums"]["correct"]
+  proc = _run_entry(workdir, **run)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  runs = (workdir, tmp_path / "ref")
+  got, want = (np.load(w / "soft_labels" / "epoch_001.npy") for w in runs)
+  assert np.max(np.abs(got - want)) <= 1e-6, np.max(np.abs(got - want))
+  got, want = (json.loads((w / "results.json").read_text())["test"] for w in runs)
+  assert got == pytest.approx(want, abs=1e-6)
+
+
 # ----------------------------------------------------------------------------
 # 2. A changed config on an existing workdir (through the entry point).
 # ----------------------------------------------------------------------------

@@ -204,6 +204,32 @@ def test_pmap_equals_single_device():
       np.testing.assert_allclose(a[key], b[key], rtol=1e-4)
 
 
+def test_pmap_state_round_trip_keeps_every_replicas_ols_sums():
+  """to_host adds the per-replica sums; to_device puts them on replica 0 and
+  zeros elsewhere, so the boundary psum gives the same S as without the trip."""
+  devices = jax.local_devices()[:N_DEV]
+  state = parallel.replicate(make_state(bn_axis_name=parallel.PMAP_AXIS), devices)
+  step = parallel.pmap_train_step(SPEC)
+  for b in make_batches():
+    state, _ = step(state, parallel.split_for_pmap(b, N_DEV))
+  per_replica = np.asarray(state.ols.counts)
+  assert (per_replica.sum(-1) > 0).all()  # every replica has its own sums
+  host = parallel.unreplicate_state(jax.device_get(state))
+  np.testing.assert_array_equal(host.ols.counts, per_replica.sum(0))
+  back = parallel.replicate_state(host, devices)
+  np.testing.assert_array_equal(np.asarray(back.ols.counts)[0], per_replica.sum(0))
+  assert not np.asarray(back.ols.counts)[1:].any()
+  assert not np.asarray(back.ols.prob_sums)[1:].any()
+  boundary = parallel.pmap_epoch_boundary()
+  want = np.asarray(boundary(state).ols.soft_labels)
+  got = np.asarray(boundary(back).ols.soft_labels)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  # Other pytrees (e.g. KD teacher variables) replicate as before.
+  tree = {"w": np.ones(3, np.float32)}
+  np.testing.assert_array_equal(parallel.replicate_state(tree, devices)["w"],
+                                np.ones((N_DEV, 3), np.float32))
+
+
 def test_batch_size_must_split_over_devices():
   with pytest.raises(ValueError, match="batch_size.*multiple of the device count 4"):
     parallel.check_batch_size(30, 4)

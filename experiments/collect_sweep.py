@@ -7,6 +7,12 @@ Per finished run: results.json (as seed<k>.json), metrics.jsonl and the
 per-example test records recomputed from the selected checkpoint (checked
 against the run's own test metrics). Runs already collected are not redone;
 ``--summarise_only`` rebuilds the summary from the collected files alone.
+
+On a machine where the run folders are gone, ``--restore`` first puts the
+collected runs back as run folders (results.json, metrics.jsonl), so that
+``experiments/sweeps.py`` skips them and selects from their validation scores:
+
+  python experiments/collect_sweep.py radmix_converged --restore
 """
 
 import argparse
@@ -50,16 +56,38 @@ def collect_run(workdir: pathlib.Path, dest: pathlib.Path, seed: int) -> bool:
   return True
 
 
+def restore(dest: pathlib.Path, src: pathlib.Path) -> int:
+  """Collected ``<model>/<run>/seed<k>.json`` -> ``src/<model>/<run>/seed<k>/``."""
+  n = 0
+  for path in sorted(dest.glob("*/*/seed*.json")):
+    seed = path.stem[len("seed"):]
+    run = src / path.parent.parent.name / path.parent.name / f"seed{seed}"
+    if (run / "results.json").exists():
+      continue
+    run.mkdir(parents=True, exist_ok=True)
+    metrics = path.with_name(f"seed{seed}_metrics.jsonl")
+    if metrics.exists():
+      shutil.copy2(metrics, run / "metrics.jsonl")
+    shutil.copy2(path, run / "results.json")
+    n += 1
+  return n
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("name")
   p.add_argument("--runs", default="", help="default: runs/sweeps/<name>")
   p.add_argument("--dest", default="", help="default: docs/results/<name>")
   p.add_argument("--summarise_only", action="store_true")
+  p.add_argument("--restore", action="store_true",
+                 help="put the collected runs back as run folders, then stop")
   args = p.parse_args(argv)
   sweep = sweep_lib.find(sweeps.SWEEPS, args.name)
   src = pathlib.Path(args.runs or REPO / "runs" / "sweeps" / sweep.name)
   dest = pathlib.Path(args.dest or REPO / "docs" / "results" / sweep.name)
+  if args.restore:
+    print(f"{sweep.name}: restored {restore(dest, src)} runs -> {src}")
+    return
   if not args.summarise_only:
     chosen = sweep_lib.write_selection(sweep, src)
     cells = sweep.tuning_cells() + sweep.final_cells(

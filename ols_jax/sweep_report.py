@@ -73,19 +73,25 @@ def _pm(values: Sequence[float], scale: float, digits: int = 2) -> str:
 
 
 def selection_table(sweep: sweep_lib.Sweep, folder: pathlib.Path) -> str:
-  sel = json.loads((pathlib.Path(folder) / "selection.json").read_text())
+  """Every tuning candidate's validation scores (finished ones), the kept one marked."""
+  folder = pathlib.Path(folder)
+  sel = json.loads((folder / "selection.json").read_text())
+  metric = sweep.select_metric
   lines = [f"Rule: {sel['rule']}.", "",
-           f"| arm | candidate | val {sweep.select_metric} | val top-1 err % | kept |",
+           f"| arm | candidate | val {metric} | val top-1 err % | kept |",
            "|---|---|---|---|---|"]
   for arm in sweep.arms:
-    if arm.name not in sel["arms"]:
-      lines.append(f"| {arm.name} | (tuning not finished) | | | |")
-      continue
-    a = sel["arms"][arm.name]
-    for name, score in a["scores"].items():
-      lines.append(f"| {arm.name} | {name} | {score[f'val_{sweep.select_metric}']:.4f} | "
-                   f"{100 * score['val_top1_error']:.2f} | "
-                   f"{'**yes**' if name == a['folder'] else ''} |")
+    kept = sel["arms"].get(arm.name, {}).get("folder")
+    for cand in arm.candidates():
+      cell = arm.cell(sweep.model, sweep.tuning_seed, cand)
+      path = folder / sweep.model / cell.folder / f"seed{sweep.tuning_seed}.json"
+      if not path.exists():
+        lines.append(f"| {arm.name} | {cell.folder} | (not run yet) | | |")
+        continue
+      val = json.loads(path.read_text())["val"]
+      mark = "**yes**" if cell.folder == kept else ("" if kept else "(tuning not finished)")
+      lines.append(f"| {arm.name} | {cell.folder} | {val[metric]:.4f} | "
+                   f"{100 * val['top1_error']:.2f} | {mark} |")
   return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ fresh process (settings that JAX reads once per process, e.g. ``XLA_FLAGS``).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -137,12 +138,8 @@ def write_json(path, obj, **kwargs) -> None:
 
 
 def torch_available() -> bool:
-  """Whether PyTorch can be imported (``benchmarks/requirements.txt``)."""
-  try:
-    import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    return True
-  except ImportError:
-    return False
+  """Whether PyTorch is installed (``benchmarks/requirements.txt``)."""
+  return importlib.util.find_spec("torch") is not None
 
 
 def run_script(script, args=(), *, xla_flags: str = "", env_updates=None,
@@ -150,16 +147,17 @@ def run_script(script, args=(), *, xla_flags: str = "", env_updates=None,
   """Runs ``python <script> *args --json <tmp>`` in a fresh process.
 
   ``xla_flags`` is appended to the inherited ``XLA_FLAGS``; ``env_updates``
-  sets other variables. Returns the JSON the script wrote; raises
-  ``RuntimeError`` with the end of its stderr when it fails.
+  sets other variables. The script's stdout is shown as it runs. Returns the
+  JSON it wrote; raises ``RuntimeError`` with the end of its stderr when it
+  fails.
   """
   env = dict(os.environ, **(env_updates or {}))
   env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
   with tempfile.TemporaryDirectory() as tmp:
     out = pathlib.Path(tmp) / "out.json"
     res = subprocess.run([sys.executable, str(script), *args, "--json", str(out)],
-                         env=env, capture_output=True, text=True, check=False,
-                         timeout=timeout)
+                         env=env, stderr=subprocess.PIPE, text=True,
+                         check=False, timeout=timeout)
     if res.returncode or not out.is_file():
       raise RuntimeError(f"{pathlib.Path(script).name} {' '.join(args)} failed "
                          f"(exit {res.returncode}):\n{res.stderr[-3000:]}")

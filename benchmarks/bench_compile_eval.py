@@ -20,10 +20,10 @@ import time
 PROCESS_START = time.perf_counter()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import common  # noqa: E402
-import jax  # noqa: E402
+import common
+import jax
 
-from ols_jax import parallel  # noqa: E402
+from ols_jax import parallel
 
 
 def _placed(model: str, width: float, size: int, batch: int, k: int, mesh):

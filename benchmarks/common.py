@@ -126,6 +126,21 @@ def interleaved(runners: Dict[str, Callable[[int], float]], *, windows: int,
   return out
 
 
+def median_seconds(fn: Callable, carry=None, *, repeats: int,
+                   warmup: int = 1) -> float:
+  """Median seconds of ``carry = fn(carry)``, each call waited for, after
+  ``warmup`` untimed calls; ``carry`` passes donated state between calls."""
+  for _ in range(warmup):
+    carry = fn(carry)
+  jax.block_until_ready(carry)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    carry = jax.block_until_ready(fn(carry))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
 def tree_bytes(tree) -> int:
   return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 

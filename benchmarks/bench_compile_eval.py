@@ -2,7 +2,7 @@
 cache) and eval throughput.
 
 Compile: two fresh subprocesses share one new cache directory
-(``jax_compilation_cache_dir``, ``jax_persistent_cache_min_compile_time_secs=0``);
+(``JAX_COMPILATION_CACHE_DIR``, ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0``);
 the first compiles cold and fills it, the second loads from it.
 
   python benchmarks/bench_compile_eval.py [--model resnet18 --width 0.25]
@@ -11,51 +11,53 @@ the first compiles cold and fills it, the second loads from it.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import subprocess
-import sys
+import statistics
 import tempfile
+import time
 
+# A child's process_s: from here (before JAX is imported) to its first step.
+PROCESS_START = time.perf_counter()
 
-HERE = pathlib.Path(__file__).resolve().parent
-
-_CHILD = r"""
-import json, sys, time
-t_start = time.perf_counter()
-import jax
-jax.config.update("jax_compilation_cache_dir", {cache!r})
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-sys.path.insert(0, {here!r})
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import common
+import jax
+
 from ols_jax import parallel
-step, mesh = common.jit_step("ols", {k})
-st = parallel.replicate_on_mesh(
-    common.make_state({model!r}, {k}, {size}, width={width}), mesh)
-b = parallel.put_batch(common.make_batch({batch}, {size}, {k}), mesh)
-t0 = time.perf_counter()
-compiled = step.lower(st, b).compile()
-t1 = time.perf_counter()
-st, m = compiled(st, b); jax.block_until_ready(st)
-print("RESULT", json.dumps({{"compile_s": t1 - t0,
-                             "process_s": time.perf_counter() - t_start}}))
-"""
+
+
+def _placed(model: str, width: float, size: int, batch: int, k: int, mesh):
+  """A fresh train state and a synthetic batch, placed on ``mesh``."""
+  state = common.make_state(model, k, size, width=width)
+  return (parallel.replicate_on_mesh(state, mesh),
+          parallel.put_batch(common.make_batch(batch, size, k), mesh))
+
+
+def child(model: str, width: float, size: int, batch: int, k: int) -> dict:
+  """In a fresh process: compiles the ``ols`` train step (the persistent
+  cache is set by the environment) and runs it once."""
+  step, mesh = common.jit_step("ols", k)
+  state, b = _placed(model, width, size, batch, k, mesh)
+  start = time.perf_counter()
+  compiled = step.lower(state, b).compile()
+  compile_s = time.perf_counter() - start
+  state, _ = compiled(state, b)
+  jax.block_until_ready(state)
+  return {"compile_s": compile_s,
+          "process_s": time.perf_counter() - PROCESS_START}
 
 
 def compile_times(*, model: str, width: float, size: int, batch: int,
                   k: int) -> dict:
   out = {}
   with tempfile.TemporaryDirectory() as cache:
+    env = {"JAX_COMPILATION_CACHE_DIR": cache,
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
     for run in ("cold", "warm"):
-      code = _CHILD.format(cache=cache, here=str(HERE), model=model,
-                           width=width, size=size, batch=batch, k=k)
-      res = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                           text=True, check=False)
-      line = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
-      if not line:
-        raise RuntimeError(res.stderr[-3000:])
-      r = json.loads(line[0].split(" ", 1)[1])
+      r = common.run_child(__file__, {"model": model, "width": width,
+                                      "size": size, "batch": batch, "k": k},
+                           env_updates=env)
       out[f"{run}_compile_s"] = r["compile_s"]
       out[f"{run}_process_s"] = r["process_s"]
   return out
@@ -63,22 +65,15 @@ def compile_times(*, model: str, width: float, size: int, batch: int,
 
 def eval_throughput(*, model: str, width: float, size: int, batch: int,
                     k: int, repeats: int = 3) -> float:
-  import time  # pylint: disable=import-outside-toplevel
-  import statistics  # pylint: disable=import-outside-toplevel
-  import common  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  from ols_jax import parallel  # pylint: disable=import-outside-toplevel
   mesh = parallel.make_mesh(jax.devices()[:1])
   fn = parallel.jit_eval_step(mesh, with_outputs=False)
-  st = parallel.replicate_on_mesh(
-      common.make_state(model, k, size, width=width), mesh)
-  b = parallel.put_batch(common.make_batch(batch, size, k), mesh)
-  jax.block_until_ready(fn(st, b))
+  state, b = _placed(model, width, size, batch, k, mesh)
+  jax.block_until_ready(fn(state, b))
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
     for _ in range(3):
-      r = fn(st, b)
+      r = fn(state, b)
     jax.block_until_ready(r)
     times.append((time.perf_counter() - t0) / 3)
   return batch / statistics.median(times)
@@ -109,8 +104,8 @@ def main():
   a = p.parse_args()
   row = run(model=a.model, width=a.width, size=a.image_size)
   if a.json:
-    a.json.write_text(json.dumps({"compile_eval": row}, indent=2))
+    common.write_json(a.json, {"compile_eval": row})
 
 
 if __name__ == "__main__":
-  main()
+  common.main_or_child(main, child)

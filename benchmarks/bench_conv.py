@@ -14,17 +14,12 @@ weight-gradient convolution is the slowest part of a training step.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import statistics
-import time
 
-HERE = pathlib.Path(__file__).resolve().parent
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
+import common
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 
 def resnet18_convs(size: int):
@@ -40,16 +35,6 @@ def resnet18_convs(size: int):
     rows.append((f"stage{i + 1}_3x3", h, width, width, 3, 1))
     cin = width
   return rows
-
-
-def _median_time(fn, *, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
 
 
 def jax_times(n, h, cin, cout, k, stride, *, repeats: int):
@@ -68,12 +53,9 @@ def jax_times(n, h, cin, cout, k, stride, *, repeats: int):
   dx = jax.jit(lambda x, w, dy: jax.vjp(lambda a: conv(a, w), x)[1](dy)[0])
   dw = jax.jit(lambda x, w, dy: jax.vjp(lambda b: conv(x, b), w)[1](dy)[0])
   return {
-      "fwd": _median_time(lambda: fwd(x, w).block_until_ready(),
-                          repeats=repeats),
-      "dx": _median_time(lambda: dx(x, w, dy).block_until_ready(),
-                         repeats=repeats),
-      "dw": _median_time(lambda: dw(x, w, dy).block_until_ready(),
-                         repeats=repeats),
+      "fwd": common.median_seconds(lambda _: fwd(x, w), repeats=repeats),
+      "dx": common.median_seconds(lambda _: dx(x, w, dy), repeats=repeats),
+      "dw": common.median_seconds(lambda _: dw(x, w, dy), repeats=repeats),
   }
 
 
@@ -90,19 +72,19 @@ def torch_times(n, h, cin, cout, k, stride, *, repeats: int):
     y = conv(x, w, stride=stride, padding=pad)
   dy = torch.ones_like(y)
 
-  def fwd():
+  def fwd(_):
     with torch.no_grad():
       conv(x, w, stride=stride, padding=pad)
 
-  def dx():
+  def dx(_):
     torch.nn.grad.conv2d_input(x.shape, w, dy, stride=stride, padding=pad)
 
-  def dw():
+  def dw(_):
     torch.nn.grad.conv2d_weight(x, w.shape, dy, stride=stride, padding=pad)
 
-  return {"fwd": _median_time(fwd, repeats=repeats),
-          "dx": _median_time(dx, repeats=repeats),
-          "dw": _median_time(dw, repeats=repeats)}
+  return {"fwd": common.median_seconds(fwd, repeats=repeats),
+          "dx": common.median_seconds(dx, repeats=repeats),
+          "dw": common.median_seconds(dw, repeats=repeats)}
 
 
 def main():
@@ -113,13 +95,7 @@ def main():
   p.add_argument("--no_torch", action="store_true")
   p.add_argument("--json", type=pathlib.Path, default=None)
   a = p.parse_args()
-  try:
-    if a.no_torch:
-      raise ImportError
-    import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    have_torch = True
-  except ImportError:
-    have_torch = False
+  have_torch = common.torch_available() and not a.no_torch
   frameworks = ("lax", "torch") if have_torch else ("lax",)
   rows, totals = [], {}
   print(f"ResNet-18 convolutions, {a.image_size} px, batch {a.batch_size}; "
@@ -147,9 +123,9 @@ def main():
       f"{impl}: " + " ".join(f"{part} {1e3 * v:.0f}" for part, v in t.items())
       for impl, t in totals.items()))
   if a.json:
-    a.json.write_text(json.dumps({"image_size": a.image_size,
-                                  "batch_size": a.batch_size, "rows": rows,
-                                  "totals_s": totals}, indent=2))
+    common.write_json(a.json, {"image_size": a.image_size,
+                               "batch_size": a.batch_size, "rows": rows,
+                               "totals_s": totals})
 
 
 if __name__ == "__main__":

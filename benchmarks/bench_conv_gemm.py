@@ -19,24 +19,20 @@ This is the experiment behind docs/PERFORMANCE.md's point 4.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
 def _time(fn, *args, repeats: int = 3):
+  """Milliseconds of jitted ``fn(*args)`` (median) and its output."""
   fn = jax.jit(fn)
-  out = fn(*args)
-  out.block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn(*args).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return 1e3 * statistics.median(times), out
+  out = jax.block_until_ready(fn(*args))
+  ms = 1e3 * common.median_seconds(lambda _: fn(*args), repeats=repeats,
+                                   warmup=0)
+  return ms, out
 
 
 def main():

@@ -27,23 +27,28 @@ import sys
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import common
+from common import ROOT
 
-import common  # noqa: E402  pylint: disable=g-import-not-at-top
+from ols_jax import paths
+from ols_jax.logging_utils import read_metrics
 
-from ols_jax import paths  # noqa: E402  pylint: disable=g-import-not-at-top
-from ols_jax.logging_utils import read_metrics  # noqa: E402  pylint: disable=g-import-not-at-top
+
+def _timed(cmd: list, side: str):
+  """Runs ``cmd``; its stdout and wall seconds (exits with its stderr if it fails)."""
+  t0 = time.time()
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  wall = time.time() - t0
+  if proc.returncode:
+    raise SystemExit(f"error: the {side} job failed: {proc.stderr.strip()[-500:]}")
+  return proc.stdout, wall
 
 
 def _jax_side(config: str, epochs: int, workdir: pathlib.Path, lean: bool) -> dict:
   cmd = [sys.executable, str(ROOT / "experiments" / "radimagenet.py"), f"--config={config}",
          f"--workdir={workdir}", f"--config.num_epochs={epochs}", "--config.method=ce",
          "--config.progress=False"] + (["--config.figures=False"] if lean else [])
-  t0 = time.time()
-  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  wall = time.time() - t0
-  if proc.returncode:
-    raise SystemExit(f"error: the JAX job failed: {proc.stderr.strip()[-500:]}")
+  _, wall = _timed(cmd, "JAX")
   results = json.loads((workdir / "results.json").read_text())
   windows = [r for r in read_metrics(workdir / "metrics.jsonl")
              if "images_per_second" in r]
@@ -57,12 +62,8 @@ def _jax_side(config: str, epochs: int, workdir: pathlib.Path, lean: bool) -> di
 def _torch_side(data: pathlib.Path, epochs: int) -> dict:
   cmd = [sys.executable, str(ROOT / "benchmarks" / "torch_job.py"), f"--data={data}",
          f"--epochs={epochs}"]
-  t0 = time.time()
-  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  wall = time.time() - t0
-  if proc.returncode:
-    raise SystemExit(f"error: the PyTorch job failed: {proc.stderr.strip()[-500:]}")
-  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  stdout, wall = _timed(cmd, "PyTorch")
+  out = json.loads(stdout.strip().splitlines()[-1])
   out["wall_s"] = wall
   return out
 
@@ -105,10 +106,8 @@ def main():
         print(f"{s}: whole job takes {summary[s]['time_ratio_vs_torch']:.2f}x the PyTorch "
               f"job's time ({summary[s]['wall_s']:.1f} s vs {summary['torch']['wall_s']:.1f} s)")
   if a.json:
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps({"machine": common.machine_info(), "epochs": a.epochs,
-                                  "config": a.config, "runs": runs, "summary": summary},
-                                 indent=2))
+    common.write_json(a.json, {"machine": common.machine_info(), "epochs": a.epochs,
+                               "config": a.config, "runs": runs, "summary": summary})
 
 
 if __name__ == "__main__":

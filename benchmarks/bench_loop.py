@@ -22,24 +22,22 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib.util
-import json
 import pathlib
 import statistics
 import tempfile
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+import common
+import jax
+from common import ROOT
 
-import common  # noqa: E402  pylint: disable=g-import-not-at-top
-import jax  # noqa: E402  pylint: disable=g-import-not-at-top
-
-from ols_jax import checkpointing  # noqa: E402  pylint: disable=g-import-not-at-top
-from ols_jax import config as config_lib  # noqa: E402  pylint: disable=g-import-not-at-top
-from ols_jax import data as data_lib  # noqa: E402  pylint: disable=g-import-not-at-top
-from ols_jax import parallel  # noqa: E402  pylint: disable=g-import-not-at-top
-from ols_jax import report as report_lib  # noqa: E402  pylint: disable=g-import-not-at-top
-from ols_jax import train  # noqa: E402  pylint: disable=g-import-not-at-top
-from ols_jax import train_state  # noqa: E402  pylint: disable=g-import-not-at-top
+from ols_jax import checkpointing
+from ols_jax import config as config_lib
+from ols_jax import data as data_lib
+from ols_jax import parallel
+from ols_jax import report as report_lib
+from ols_jax import train
+from ols_jax import train_state
 
 
 class Timeline:
@@ -179,8 +177,7 @@ def main():
         f"{run['report_s']:.1f} s) = {fixed:.1f} s, "
         f"{100 * out['fixed_share_at_target']:.1f}% of a {a.target_epochs}-epoch run")
   if a.json:
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(out, indent=2, default=float))
+    common.write_json(a.json, out, default=float)
 
 
 if __name__ == "__main__":

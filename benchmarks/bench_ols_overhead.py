@@ -12,30 +12,18 @@ and the reported ratio is the median of the paired window ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import statistics
-import time
 
+import common
+import jax
 
-import common  # noqa: E402  pylint: disable=g-import-not-at-top
-import jax  # noqa: E402  pylint: disable=g-import-not-at-top
-
-from ols_jax import parallel  # noqa: E402  pylint: disable=g-import-not-at-top
+from ols_jax import parallel
 
 
 def boundary_time(state, mesh, repeats: int = 5) -> float:
   """Median seconds of one compiled epoch boundary (state donated)."""
-  fn = parallel.jit_epoch_boundary(mesh)
-  state = fn(state)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    state = fn(state)
-    jax.block_until_ready(state)
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return common.median_seconds(parallel.jit_epoch_boundary(mesh), state,
+                               repeats=repeats)
 
 
 def isolated_ols_ms(k: int, batch_size: int, repeats: int = 200) -> float:
@@ -55,16 +43,8 @@ def isolated_ols_ms(k: int, batch_size: int, repeats: int = 200) -> float:
     return ols.accumulate(state, logits, labels), jax.grad(soft)(logits)
 
   fn = jax.jit(extra, donate_argnums=0)
-  state = ols.init(k)
-  state, g = fn(state, logits, labels)
-  jax.block_until_ready(g)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    state, g = fn(state, logits, labels)
-    jax.block_until_ready((state, g))
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+  return 1e3 * common.median_seconds(lambda c: fn(c[0], logits, labels),
+                                     (ols.init(k), None), repeats=repeats)
 
 
 def measure_k(k: int, *, model: str, width: float, image_size: int,
@@ -129,9 +109,8 @@ def main():
              image_size=a.image_size, batch_size=a.batch_size,
              windows=a.windows, steps=a.steps, dtype=a.dtype)
   if a.json:
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps({"machine": common.machine_info(),
-                                  "ols_overhead": rows}, indent=2))
+    common.write_json(a.json, {"machine": common.machine_info(),
+                               "ols_overhead": rows})
 
 
 if __name__ == "__main__":

@@ -16,106 +16,91 @@ rows measure the partitioning overhead.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
-import subprocess
-import sys
-import tempfile
+import time
 
+import common
+import jax
 import numpy as np
 
-HERE = pathlib.Path(__file__).resolve().parent
-
-_CHILD = r"""
-import json, sys, time
-sys.path.insert(0, {here!r})
-import common, jax, numpy as np
-from ols_jax import losses, parallel
-n, size, bsz, k, steps, model, width = ({n}, {size}, {batch}, {k}, {steps},
-                                        {model!r}, {width})
-assert len(jax.devices()) == n, jax.devices()
-batches = [common.make_batch(bsz, size, k, seed=s) for s in range(steps)]
-out = {{}}
-# jit-sharded mesh path
-step, mesh = common.jit_step("ols", k, parallel.make_mesh())
-boundary = parallel.jit_epoch_boundary(mesh)
-st = parallel.replicate_on_mesh(
-    common.make_state(model, k, size, width=width), mesh)
-dev = [parallel.put_batch(b, mesh) for b in batches]
-st, _ = step(st, dev[0]); jax.block_until_ready(st)   # compile
-st = parallel.replicate_on_mesh(common.make_state(model, k, size, width=width), mesh)
-t0 = time.perf_counter()
-for b in dev:
-  st, m = step(st, b)
-jax.block_until_ready(st); dt = time.perf_counter() - t0
-st = boundary(st)
-for b in dev:
-  st, m = step(st, b)
-out["jit"] = {{"images_per_s": steps * bsz / dt,
-              "S": np.asarray(st.ols.soft_labels).tolist(),
-              "params": np.concatenate([np.ravel(x) for x in
-                                        jax.tree.leaves(jax.device_get(st.params))]).tolist()}}
-# pmap path
-spec = losses.LossSpec(method="ols", num_classes=k, alpha=0.5)
-pstep = parallel.pmap_train_step(spec)
-pbound = parallel.pmap_epoch_boundary()
-mk = lambda: parallel.replicate(common.make_state(model, k, size, width=width,
-                                                  bn_axis_name=parallel.PMAP_AXIS))
-pb = [parallel.split_for_pmap(b, n) for b in batches]
-ps = mk(); ps, _ = pstep(ps, pb[0]); jax.block_until_ready(ps)   # compile
-ps = mk()
-t0 = time.perf_counter()
-for b in pb:
-  ps, m = pstep(ps, b)
-jax.block_until_ready(ps); dt = time.perf_counter() - t0
-ps = pbound(ps)
-for b in pb:
-  ps, m = pstep(ps, b)
-ps = parallel.unreplicate(ps)
-out["pmap"] = {{"images_per_s": steps * bsz / dt,
-               "S": np.asarray(ps.ols.soft_labels).tolist(),
-               "params": np.concatenate([np.ravel(x) for x in
-                                         jax.tree.leaves(jax.device_get(ps.params))]).tolist()}}
-with open({out!r}, "w") as f:
-  json.dump(out, f)
-"""
+from ols_jax import losses
+from ols_jax import parallel
 
 
-def run_child(n: int, out: str, **kw) -> dict:
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                      f" --xla_force_host_platform_device_count={n}").strip()
-  code = _CHILD.format(here=str(HERE), n=n, out=out, **kw)
-  res = subprocess.run([sys.executable, "-c", code], env=env, check=False,
-                       capture_output=True, text=True)
-  if res.returncode:
-    raise RuntimeError(f"{n} devices failed:\n{res.stderr[-3000:]}")
-  return json.loads(pathlib.Path(out).read_text())
+def _train_twice(step, boundary, new_state, batches, batch_size: int):
+  """Compiles ``step``, then from a fresh state trains over ``batches`` (timed),
+  crosses an epoch boundary and trains over them again.
+
+  Returns the final state and the timed pass's images per second.
+  """
+  state, _ = step(new_state(), batches[0])
+  jax.block_until_ready(state)
+  state = new_state()
+  start = time.perf_counter()
+  for b in batches:
+    state, _ = step(state, b)
+  jax.block_until_ready(state)
+  images_per_s = len(batches) * batch_size / (time.perf_counter() - start)
+  state = boundary(state)
+  for b in batches:
+    state, _ = step(state, b)
+  return state, images_per_s
+
+
+def _result(state, images_per_s: float) -> dict:
+  params = jax.tree.leaves(jax.device_get(state.params))
+  return {"images_per_s": images_per_s,
+          "S": np.asarray(state.ols.soft_labels).tolist(),
+          "params": np.concatenate([np.ravel(x) for x in params]).tolist()}
+
+
+def child(n: int, size: int, batch: int, k: int, steps: int, model: str,
+          width: float) -> dict:
+  """One device count (this process has ``n`` host devices): the jit-sharded
+  mesh path and the pmap path, each ``{'images_per_s', 'S', 'params'}``."""
+  assert len(jax.devices()) == n, jax.devices()
+  batches = [common.make_batch(batch, size, k, seed=s) for s in range(steps)]
+  step, mesh = common.jit_step("ols", k, parallel.make_mesh())
+  state, ips = _train_twice(
+      step, parallel.jit_epoch_boundary(mesh),
+      lambda: parallel.replicate_on_mesh(
+          common.make_state(model, k, size, width=width), mesh),
+      [parallel.put_batch(b, mesh) for b in batches], batch)
+  out = {"jit": _result(state, ips)}
+  spec = losses.LossSpec(method="ols", num_classes=k, alpha=0.5)
+  state, ips = _train_twice(
+      parallel.pmap_train_step(spec), parallel.pmap_epoch_boundary(),
+      lambda: parallel.replicate(common.make_state(
+          model, k, size, width=width, bn_axis_name=parallel.PMAP_AXIS)),
+      [parallel.split_for_pmap(b, n) for b in batches], batch)
+  out["pmap"] = _result(parallel.unreplicate(state), ips)
+  return out
 
 
 def run(devices=(1, 2, 4), *, size: int = 28, batch: int = 128, k: int = 4,
         steps: int = 3, model: str = "resnet18", width: float = 0.25) -> list:
   rows, ref = [], None
-  with tempfile.TemporaryDirectory() as tmp:
-    for n in devices:
-      res = run_child(n, str(pathlib.Path(tmp) / f"{n}.json"), size=size,
-                      batch=batch, k=k, steps=steps, model=model, width=width)
-      if ref is None:
-        ref = res["jit"]
-      for path in ("jit", "pmap"):
-        r = res[path]
-        ds = float(np.max(np.abs(np.asarray(r["S"]) - np.asarray(ref["S"]))))
-        dp = float(np.max(np.abs(np.asarray(r["params"])
-                                 - np.asarray(ref["params"]))))
-        row = {"devices": n, "path": path, "images_per_s": r["images_per_s"],
-               "max_abs_diff_S": ds, "max_abs_diff_params": dp,
-               "equal_f32_tol": bool(ds < 1e-4 and dp < 1e-4),
-               "model": model, "width": width, "image_size": size,
-               "batch_size": batch}
-        rows.append(row)
-        print(f"{n} dev {path:4s} {r['images_per_s']:8.1f} img/s  "
-              f"|dS|max {ds:.2e}  |dparams|max {dp:.2e}", flush=True)
+  for n in devices:
+    res = common.run_child(
+        __file__, {"n": n, "size": size, "batch": batch, "k": k,
+                   "steps": steps, "model": model, "width": width},
+        xla_flags=f"--xla_force_host_platform_device_count={n}",
+        env_updates={"JAX_PLATFORMS": "cpu"})
+    if ref is None:
+      ref = res["jit"]
+    for path in ("jit", "pmap"):
+      r = res[path]
+      ds = float(np.max(np.abs(np.asarray(r["S"]) - np.asarray(ref["S"]))))
+      dp = float(np.max(np.abs(np.asarray(r["params"])
+                               - np.asarray(ref["params"]))))
+      row = {"devices": n, "path": path, "images_per_s": r["images_per_s"],
+             "max_abs_diff_S": ds, "max_abs_diff_params": dp,
+             "equal_f32_tol": bool(ds < 1e-4 and dp < 1e-4),
+             "model": model, "width": width, "image_size": size,
+             "batch_size": batch}
+      rows.append(row)
+      print(f"{n} dev {path:4s} {r['images_per_s']:8.1f} img/s  "
+            f"|dS|max {ds:.2e}  |dparams|max {dp:.2e}", flush=True)
   return rows
 
 
@@ -127,8 +112,8 @@ def main():
   a = p.parse_args()
   rows = run([int(d) for d in a.devices.split(",")], steps=a.steps)
   if a.json:
-    a.json.write_text(json.dumps({"scaling": rows}, indent=2))
+    common.write_json(a.json, {"scaling": rows})
 
 
 if __name__ == "__main__":
-  main()
+  common.main_or_child(main, child)

@@ -1,9 +1,10 @@
 """PyTorch eager vs the JAX train step, same ResNet-18 (small-input stem:
 3x3 stride-1 conv, no max-pool), same batch, same OLS work, one process.
 
-PyTorch side (the official OLS implementation's work per step): forward,
-hard CE + soft CE against ``S[y]``, backward, SGD-momentum update, and the
-accumulation of correct softmax vectors with ``index_add_``.
+PyTorch side (the official OLS implementation's work per step, model
+``torch_job.resnet18``): forward, hard CE + soft CE against ``S[y]``,
+backward, SGD-momentum update, and the accumulation of correct softmax
+vectors with ``index_add_``.
 JAX side: ``parallel.jit_train_step`` with method ``ols`` and
 ``models.create('resnet18', K, small_input=True)``, twice: on one XLA CPU
 device (``jax_1dev``) and with the project default of one host device per
@@ -19,58 +20,15 @@ Windows of all runners are interleaved (order flipped each window).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
 import time
 
+import common
+import jax
 
-import common  # noqa: E402  pylint: disable=g-import-not-at-top
-import jax  # noqa: E402  pylint: disable=g-import-not-at-top
-
-from ols_jax import parallel  # noqa: E402  pylint: disable=g-import-not-at-top
-
-
-def torch_available() -> bool:
-  try:
-    import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    return True
-  except ImportError:
-    return False
-
-
-def _torch_resnet18(num_classes: int, nn):
-  """torchvision-layout ResNet-18 with the small-input stem."""
-
-  class Block(nn.Module):
-
-    def __init__(self, cin, cout, stride):
-      super().__init__()
-      self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-      self.bn1 = nn.BatchNorm2d(cout)
-      self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-      self.bn2 = nn.BatchNorm2d(cout)
-      self.relu = nn.ReLU(inplace=True)
-      self.down = None
-      if stride != 1 or cin != cout:
-        self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                  nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-      y = self.relu(self.bn1(self.conv1(x)))
-      y = self.bn2(self.conv2(y))
-      return self.relu(y + (x if self.down is None else self.down(x)))
-
-  layers = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
-            nn.ReLU(inplace=True)]
-  cin = 64
-  for i, width in enumerate((64, 128, 256, 512)):
-    for j in range(2):
-      layers.append(Block(cin, width, 2 if (i > 0 and j == 0) else 1))
-      cin = width
-  layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
-  return nn.Sequential(*layers)
+from ols_jax import parallel
 
 
 class TorchRunner:
@@ -78,8 +36,9 @@ class TorchRunner:
 
   def __init__(self, batch, num_classes: int, channels_last: bool = False):
     import torch  # pylint: disable=import-outside-toplevel
+    import torch_job  # pylint: disable=import-outside-toplevel
     self.torch = torch
-    self.model = _torch_resnet18(num_classes, torch.nn)
+    self.model = torch_job.resnet18(num_classes, width=1.0, channels=3)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     self.model = self.model.to(memory_format=fmt).train()
     self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
@@ -177,16 +136,15 @@ def main():
   p.add_argument("--json", type=pathlib.Path, default=None)
   a = p.parse_args()
   parallel.configure_cpu_devices(a.jax_devices, (a.batch_size,))
-  if not torch_available():
+  if not common.torch_available():
     sys.exit("torch is not installed: pip install -r benchmarks/requirements.txt")
   rows = run([int(s) for s in a.sizes.split(",")], batch_size=a.batch_size,
              windows=a.windows, steps=a.steps,
              channels_last=not a.no_channels_last)
   if a.json:
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps({"machine": common.machine_info(),
-                                  "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                                  "torch": rows}, indent=2))
+    common.write_json(a.json, {"machine": common.machine_info(),
+                               "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                               "torch": rows})
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ per setting is reported with its ratio to the first (the default).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
 import statistics
-import subprocess
 import sys
 
-HERE = pathlib.Path(__file__).resolve().parent
+import common
+
+from ols_jax import parallel
 
 SETTINGS = {
     "default": "",
@@ -32,34 +31,23 @@ SETTINGS = {
     "no_multi_thread_eigen": "--xla_cpu_multi_thread_eigen=false",
 }
 
-_CHILD = r"""
-import json, sys
-sys.path.insert(0, {here!r})
-import common
-from ols_jax import parallel
-size, batch_size, steps = {size}, {batch}, {steps}
-b = common.make_batch(batch_size, size, 4)
-step, mesh = common.jit_step("ols", 4)
-st = parallel.replicate_on_mesh(
-    common.make_state("resnet18", 4, size, width={width}), mesh)
-r = common.StepRunner(step, st, parallel.put_batch(b, mesh))
-r(1)
-print("RESULT", json.dumps(r(steps) / steps))
-"""
+def child(size: int, batch: int, steps: int, width: float) -> dict:
+  """Seconds per ``ols`` train step of ResNet-18 under this process' flags."""
+  step, mesh = common.jit_step("ols", 4)
+  state = common.make_state("resnet18", 4, size, width=width)
+  runner = common.StepRunner(
+      step, parallel.replicate_on_mesh(state, mesh),
+      parallel.put_batch(common.make_batch(batch, size, 4), mesh))
+  runner(1)
+  return {"step_s": runner(steps) / steps}
 
 
 def child_time(flags: str, *, size: int, batch: int, steps: int,
                width: float) -> float:
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
-  code = _CHILD.format(here=str(HERE), size=size, batch=batch, steps=steps,
-                       width=width)
-  out = subprocess.run([sys.executable, "-c", code], env=env, check=False,
-                       capture_output=True, text=True)
-  for line in out.stdout.splitlines():
-    if line.startswith("RESULT "):
-      return float(json.loads(line.split(" ", 1)[1]))
-  raise RuntimeError(f"flags {flags!r} failed: {out.stderr[-2000:]}")
+  """Runs :func:`child` in a fresh process with ``flags`` added to XLA_FLAGS."""
+  params = {"size": size, "batch": batch, "steps": steps, "width": width}
+  return common.run_child(__file__, params, xla_flags=flags,
+                          env_updates={"JAX_PLATFORMS": "cpu"})["step_s"]
 
 
 def run(settings=None, *, rounds: int = 2, size: int = 28, batch: int = 32,
@@ -104,11 +92,12 @@ def main():
   unknown = [n for n in names if n not in SETTINGS]
   if unknown:
     p.error(f"--settings: unknown {unknown}; valid: {', '.join(SETTINGS)}")
-  rows = run({n: SETTINGS[n] for n in names}, rounds=a.rounds, size=a.image_size, batch=a.batch_size,
-             steps=a.steps, width=a.width)
+  rows = run({n: SETTINGS[n] for n in names}, rounds=a.rounds,
+             size=a.image_size, batch=a.batch_size, steps=a.steps,
+             width=a.width)
   if a.json:
-    a.json.write_text(json.dumps({"xla_flags": rows}, indent=2))
+    common.write_json(a.json, {"xla_flags": rows})
 
 
 if __name__ == "__main__":
-  main()
+  common.main_or_child(main, child)

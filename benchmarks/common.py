@@ -1,30 +1,36 @@
 """Shared helpers of the benchmark suite: building a train state and a
-synthetic batch, compiling the project's jit train step, and timing several
-step functions *interleaved* in one process so that noise from other users of
-the (shared) CPU cancels in the ratios.
+synthetic batch, compiling the project's jit train step, timing several step
+functions *interleaved* in one process so that noise from other users of the
+(shared) CPU cancels in the ratios, and running a benchmark script again in a
+fresh process (settings that JAX reads once per process, e.g. ``XLA_FLAGS``).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import pathlib
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from typing import Callable, Dict
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ols_jax import losses
+from ols_jax import models
+from ols_jax import parallel
+from ols_jax import train_state
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-import jax  # noqa: E402  pylint: disable=g-import-not-at-top
-import jax.numpy as jnp  # noqa: E402  pylint: disable=g-import-not-at-top
-import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
-import optax  # noqa: E402  pylint: disable=g-import-not-at-top
-
-from ols_jax import losses  # noqa: E402  pylint: disable=g-import-not-at-top
-from ols_jax import models  # noqa: E402  pylint: disable=g-import-not-at-top
-from ols_jax import parallel  # noqa: E402  pylint: disable=g-import-not-at-top
-from ols_jax import train_state  # noqa: E402  pylint: disable=g-import-not-at-top
-
+CHILD_FLAG = "--child"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -120,5 +126,75 @@ def interleaved(runners: Dict[str, Callable[[int], float]], *, windows: int,
   return out
 
 
+def median_seconds(fn: Callable, carry=None, *, repeats: int,
+                   warmup: int = 1) -> float:
+  """Median seconds of ``carry = fn(carry)``, each call waited for, after
+  ``warmup`` untimed calls; ``carry`` passes donated state between calls."""
+  for _ in range(warmup):
+    carry = fn(carry)
+  jax.block_until_ready(carry)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    carry = jax.block_until_ready(fn(carry))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
 def tree_bytes(tree) -> int:
   return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def write_json(path, obj, **kwargs) -> None:
+  """Writes ``obj`` as indented JSON, creating the parent folder."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(obj, indent=2, **kwargs))
+
+
+def torch_available() -> bool:
+  """Whether PyTorch is installed (``benchmarks/requirements.txt``)."""
+  return importlib.util.find_spec("torch") is not None
+
+
+def run_script(script, args=(), *, xla_flags: str = "", env_updates=None,
+               timeout=None):
+  """Runs ``python <script> *args --json <tmp>`` in a fresh process.
+
+  ``xla_flags`` is appended to the inherited ``XLA_FLAGS``; ``env_updates``
+  sets other variables. The script's stdout is shown as it runs. Returns the
+  JSON it wrote; raises ``RuntimeError`` with the end of its stderr when it
+  fails.
+  """
+  env = dict(os.environ, **(env_updates or {}))
+  env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+  with tempfile.TemporaryDirectory() as tmp:
+    out = pathlib.Path(tmp) / "out.json"
+    res = subprocess.run([sys.executable, str(script), *args, "--json", str(out)],
+                         env=env, stderr=subprocess.PIPE, text=True,
+                         check=False, timeout=timeout)
+    if res.returncode or not out.is_file():
+      raise RuntimeError(f"{pathlib.Path(script).name} {' '.join(args)} failed "
+                         f"(exit {res.returncode}):\n{res.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def run_child(script, params: dict, **kwargs):
+  """Runs ``script``'s child function on ``params`` in a fresh process.
+
+  The child is ``python <script> --child <params as JSON> --json <tmp>``, see
+  :func:`main_or_child`; keyword arguments go to :func:`run_script`.
+  """
+  return run_script(script, [CHILD_FLAG, json.dumps(params)], **kwargs)
+
+
+def main_or_child(main: Callable[[], None], child: Callable[..., object]):
+  """A script's entry: ``child(**params)`` written as JSON when run by
+  :func:`run_child`, else ``main()``."""
+  argv = sys.argv[1:]
+  if argv[:1] != [CHILD_FLAG]:
+    main()
+    return
+  if len(argv) != 4 or argv[2] != "--json":
+    sys.exit(f"usage: {sys.argv[0]} {CHILD_FLAG} PARAMS_JSON --json OUT")
+  write_json(argv[3], child(**json.loads(argv[1])))

@@ -5,21 +5,23 @@
 Sections: OLS overhead vs CE (ResNet-18 x0.25, 28 px, b128, K=4/165), OLS
 cost vs K (small backbone, K=4..10000: step ratio, boundary, memory), compile
 cold/warm and eval throughput, 1/2/4 fake CPU devices (jit + pmap, equality
-with 1 device), input pipeline vs training throughput, and optionally
-PyTorch vs JAX (``--torch``, needs ``benchmarks/requirements.txt``) and an
-XLA CPU flag screen (``--xla_flags``).
+with 1 device), input pipeline vs training throughput, the main job's loop vs
+its compiled step (``bench_loop.py``, radmix), the whole job vs a PyTorch job
+(``bench_e2e.py``, radmix; when torch is installed), and optionally PyTorch vs
+JAX per step (``--torch``) and an XLA CPU flag screen (``--xla_flags``).
+PyTorch: ``pip install -r benchmarks/requirements.txt``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
-import sys
 import time
 
+import common
 
-import common  # noqa: E402  pylint: disable=g-import-not-at-top
+HERE = pathlib.Path(__file__).resolve().parent
+NO_TORCH = "skipped: torch is not installed (pip install -r benchmarks/requirements.txt)"
 
 
 def pipeline_vs_model(quick: bool) -> list:
@@ -59,16 +61,24 @@ def pipeline_vs_model(quick: bool) -> list:
   return rows
 
 
-def _subprocess_rows(script: str, key: str, *args: str) -> list:
-  """Runs ``benchmarks/<script> ... --json tmp`` and returns its ``key`` rows."""
-  import subprocess  # pylint: disable=import-outside-toplevel
-  import tempfile  # pylint: disable=import-outside-toplevel
-  here = pathlib.Path(__file__).resolve().parent
-  with tempfile.TemporaryDirectory() as tmp:
-    out = pathlib.Path(tmp) / "rows.json"
-    subprocess.run([sys.executable, str(here / script), *args, "--json",
-                    str(out)], check=True)
-    return json.loads(out.read_text())[key]
+def script(name: str, *args: str) -> dict:
+  """``benchmarks/<name> *args`` in its own process (it sets up its own CPU
+  devices, which must happen before JAX starts); the JSON it writes, less the
+  machine facts this suite records once."""
+  out = common.run_script(HERE / name, args)
+  out.pop("machine", None)
+  return out
+
+
+def loop(quick: bool) -> dict:
+  """The main job's loop vs its compiled step on the default radmix config."""
+  return script("bench_loop.py", f"--epochs={2 if quick else 3}")
+
+
+def e2e(quick: bool) -> dict:
+  """The whole main job vs a PyTorch job doing the same work (radmix)."""
+  return script("bench_e2e.py", f"--epochs={1 if quick else 3}",
+                f"--rounds={1 if quick else 2}")
 
 
 def table(results: dict) -> str:
@@ -109,6 +119,20 @@ def table(results: dict) -> str:
         f"JAX ({r.get('jax_devices', 1)} CPU devices) {r['jax_images_per_s']:.1f} "
         f"img/s, torch {r['torch_images_per_s']:.1f} img/s, JAX x"
         f"{r['jax_speedup_vs_torch']:.2f}{one} |")
+  r = results.get("loop")
+  if r:
+    add(f"| loop vs compiled step | {pathlib.Path(r['config']).stem} "
+        f"{r['method']}, {r['devices']} devices | loop "
+        f"{r['loop_images_per_s']:.0f} img/s, step on a fixed batch "
+        f"{r['fixed_batch_images_per_s']:.0f} img/s, overhead "
+        f"{100 * r['loop_overhead']:+.1f}%; validation + checkpoints "
+        f"{100 * r['per_epoch_share']:.1f}% of an epoch; fixed costs "
+        f"{100 * r['fixed_share_at_target']:.1f}% of {r['target_epochs']} epochs |")
+  for side, v in results.get("e2e", {}).get("summary", {}).items():
+    ratio = (f", x{v['time_ratio_vs_torch']:.2f} the torch job's time"
+             if "time_ratio_vs_torch" in v else "")
+    add(f"| whole job | {side}, epochs={results['e2e']['epochs']} | wall "
+        f"{v['wall_s']:.1f} s, train {v['train_images_per_s']:.0f} img/s{ratio} |")
   for r in results.get("xla_flags", []):
     if not r.get("error"):
       add(f"| XLA flags | {r['setting']} | {r['step_ms']:.0f} ms/step, "
@@ -129,8 +153,11 @@ def main():
   q = a.quick
   results, timings = {"machine": common.machine_info(), "quick": q}, {}
 
-  def section(name, fn):
+  def section(name, fn, needs_torch=False):
     if name in skip:
+      return
+    if needs_torch and not common.torch_available():
+      print(f"== {name} {NO_TORCH}", flush=True)
       return
     t0 = time.perf_counter()
     print(f"== {name}", flush=True)
@@ -152,12 +179,12 @@ def main():
       (1, 2, 4), steps=2 if q else 4, model="tiny_cnn" if q else "resnet18",
       width=1.0 if q else 0.25))
   section("pipeline", lambda: pipeline_vs_model(q))
+  section("loop", lambda: loop(q))
+  section("e2e", lambda: e2e(q), needs_torch=True)
   if a.torch:
-    # Own process: the project's default CPU device split must be configured
-    # before JAX starts, and this process already started it.
-    section("torch", lambda: _subprocess_rows(
-        "bench_torch.py", "torch", "--sizes", "28" if q else "28,64",
-        "--windows", "3" if q else "5"))
+    section("torch", lambda: script(
+        "bench_torch.py", "--sizes", "28" if q else "28,64",
+        "--windows", "3" if q else "5")["torch"], needs_torch=True)
   if a.xla_flags:
     import bench_xla_flags  # pylint: disable=import-outside-toplevel
     section("xla_flags", lambda: bench_xla_flags.run(rounds=1 if q else 3))
@@ -165,8 +192,7 @@ def main():
   print()
   print(table(results))
   print(f"\ntotal {sum(timings.values()):.0f} s")
-  a.json.parent.mkdir(parents=True, exist_ok=True)
-  a.json.write_text(json.dumps(results, indent=2, default=float))
+  common.write_json(a.json, results, default=float)
 
 
 if __name__ == "__main__":

@@ -34,11 +34,13 @@ from ols_jax import parallel
 class TorchRunner:
   """One PyTorch OLS train step per call unit (eager, float32)."""
 
-  def __init__(self, batch, num_classes: int, channels_last: bool = False):
+  def __init__(self, batch, num_classes: int, channels_last: bool = False,
+               width: float = 1.0):
     import torch  # pylint: disable=import-outside-toplevel
     import torch_job  # pylint: disable=import-outside-toplevel
     self.torch = torch
-    self.model = torch_job.resnet18(num_classes, width=1.0, channels=3)
+    self.model = torch_job.resnet18(num_classes, width=width,
+                                    channels=batch["image"].shape[-1])
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     self.model = self.model.to(memory_format=fmt).train()
     self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
@@ -77,28 +79,31 @@ class TorchRunner:
 
 
 def jax_runner(batch, num_classes: int, image_size: int, dtype="float32",
-               devices=None):
+               devices=None, width: float = 1.0):
   mesh = parallel.make_mesh(devices) if devices is not None else None
   step, mesh = common.jit_step("ols", num_classes, mesh)
-  state = common.make_state("resnet18", num_classes, image_size, dtype=dtype)
+  state = common.make_state("resnet18", num_classes, image_size, dtype=dtype,
+                            width=width, channels=batch["image"].shape[-1])
   state = parallel.replicate_on_mesh(state, mesh)
   return common.StepRunner(step, state, parallel.put_batch(batch, mesh))
 
 
 def run(sizes, *, batch_size: int = 128, num_classes: int = 4,
-        windows: int = 3, steps: int = 1, channels_last: bool = True) -> list:
+        windows: int = 3, steps: int = 1, channels_last: bool = True,
+        width: float = 1.0, channels: int = 3) -> list:
   import torch  # pylint: disable=import-outside-toplevel
   rows = []
   for size in sizes:
-    batch = common.make_batch(batch_size, size, num_classes)
+    batch = common.make_batch(batch_size, size, num_classes, channels=channels)
     runners = {"jax": jax_runner(batch, num_classes, size,
-                                 devices=jax.devices())}
+                                 devices=jax.devices(), width=width)}
     if len(jax.devices()) > 1:
       runners["jax_1dev"] = jax_runner(batch, num_classes, size,
-                                       devices=jax.devices()[:1])
-    runners["torch"] = TorchRunner(batch, num_classes, channels_last)
+                                       devices=jax.devices()[:1], width=width)
+    runners["torch"] = TorchRunner(batch, num_classes, channels_last, width)
     t = common.interleaved(runners, windows=windows, steps=steps, warmup=1)
     row = {"image_size": size, "batch_size": batch_size, "K": num_classes,
+           "width": width, "channels": channels,
            "jax_devices": len(jax.devices()),
            "torch_threads": torch.get_num_threads(),
            "torch_channels_last": channels_last,
@@ -106,7 +111,7 @@ def run(sizes, *, batch_size: int = 128, num_classes: int = 4,
            "torch_images_per_s": batch_size / t["torch"]["median_s"],
            "jax_over_torch_time": 1 / t["torch"]["ratio_vs_first"]}
     row["jax_speedup_vs_torch"] = t["torch"]["ratio_vs_first"]
-    line = (f"ResNet-18 {size}px b{batch_size}: JAX ({len(jax.devices())} "
+    line = (f"ResNet-18 x{width:g} {size}px b{batch_size}: JAX ({len(jax.devices())} "
             f"CPU devices) {row['jax_images_per_s']:7.1f} img/s  torch "
             f"{row['torch_images_per_s']:7.1f} img/s  JAX speed-up "
             f"{row['jax_speedup_vs_torch']:.2f}x")
@@ -130,6 +135,9 @@ def main():
   p.add_argument("--windows", type=int, default=3)
   p.add_argument("--steps", type=int, default=1)
   p.add_argument("--no_channels_last", action="store_true")
+  p.add_argument("--width", type=float, default=1.0, help="ResNet-18 width multiplier")
+  p.add_argument("--channels", type=int, default=3)
+  p.add_argument("--num_classes", type=int, default=4)
   p.add_argument("--jax_devices", type=int, default=0,
                  help="host CPU devices for JAX (0 = one per usable core, the "
                       "entry point's default; 1 = a single device)")
@@ -140,7 +148,8 @@ def main():
     sys.exit("torch is not installed: pip install -r benchmarks/requirements.txt")
   rows = run([int(s) for s in a.sizes.split(",")], batch_size=a.batch_size,
              windows=a.windows, steps=a.steps,
-             channels_last=not a.no_channels_last)
+             channels_last=not a.no_channels_last, width=a.width,
+             channels=a.channels, num_classes=a.num_classes)
   if a.json:
     common.write_json(a.json, {"machine": common.machine_info(),
                                "xla_flags": os.environ.get("XLA_FLAGS", ""),

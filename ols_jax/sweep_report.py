@@ -158,7 +158,7 @@ def paired_table(kept: dict[str, dict[int, dict]], a: str, b: str, *,
     return f"(no paired runs of {a} and {b} yet)", {}
   res = stats.compare_arms(per_seed, [m for m, _, _ in COMPARED], num_resamples=num_resamples)
   head = ("| metric | " + " | ".join(f"seed {s}: diff [95% bootstrap CI]" for s in per_seed)
-          + f" | mean over {len(per_seed)} seeds [95% t-interval] | resolved? |")
+          + f" | mean over {len(per_seed)} seed(s) [95% t-interval] | resolved? |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for m, label, scale in COMPARED:
     r = res[m]

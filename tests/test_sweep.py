@@ -80,7 +80,7 @@ def test_report_from_collected_files(tmp_path):
   path = sweep_report.write_summary(SWEEP, tmp_path, [("ce", "ls"), ("ls", "ols_zeros")])
   text = path.read_text()
   assert "## Paired differences: ls minus ce" in text
-  assert "mean over 2 seeds [95% t-interval]" in text
+  assert "mean over 2 seed(s) [95% t-interval]" in text
   assert "| ols_zeros | ols_zeros_alpha0.3 | 0,1 |" in text
   assert "seed 0: CE final-epoch train accuracy 90.0%" in text
   assert "NOT the over-confident regime: train accuracy below 95% (under-fitted)" in text

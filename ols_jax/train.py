@@ -55,17 +55,28 @@ _NAN_ENV_VAR = "OLS_JAX_TEST_NAN_AT_STEP"
 
 
 def make_model(config, num_classes: int, bn_axis_name: Optional[str] = None):
-  """The configured model."""
-  options = dict(small_input=bool(config.small_input),
-                 width_multiplier=float(config.width_multiplier),
-                 dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32)
-  if config.dropout_rate >= 0 and config.model.startswith(("vgg", "mobilenet")):
+  """The configured model, given only the options it uses.
+
+  Args:
+    config: a run config (``model``, ``small_input``, ``width_multiplier``,
+      ``dtype``, ``dropout_rate`` (< 0: the model's default),
+      ``zero_init_residual``).
+    num_classes: number of output logits.
+    bn_axis_name: the pmap axis that BatchNorm averages over, or None.
+
+  Returns:
+    An unbound Flax module (:func:`ols_jax.models.create`).
+  """
+  options = {"small_input": bool(config.small_input),
+             "width_multiplier": float(config.width_multiplier),
+             "dtype": jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32,
+             "zero_init_residual": bool(config.zero_init_residual),
+             "bn_axis_name": bn_axis_name}
+  if config.dropout_rate >= 0:
     options["dropout_rate"] = float(config.dropout_rate)
-  if config.zero_init_residual and config.model.startswith("resnet"):
-    options["zero_init_residual"] = True
-  if bn_axis_name is not None:
-    options["bn_axis_name"] = bn_axis_name
-  return models.create(config.model, num_classes, **options)
+  used = models.used_options(config.model)
+  return models.create(config.model, num_classes,
+                       **{k: v for k, v in options.items() if k in used})
 
 
 def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
@@ -273,8 +284,6 @@ def _device_setup(config):
       raise config_lib.ConfigError(
           f"config.{field}: expected a multiple of the device count "
           f"{len(devices)}, got {config[field]}")
-  parallel.check_batch_size(config.batch_size, len(devices))
-  parallel.check_batch_size(config.eval_batch_size, len(devices))
   return devices
 
 

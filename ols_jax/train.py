@@ -10,6 +10,7 @@ epoch metrics).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from ols_jax import selective
 from ols_jax import tensorboard_log
 from ols_jax import train_state as train_state_lib
 from ols_jax.logging_utils import MetricWriter, Progress
+from ols_jax.loop_state import LoopState
 
 
 class TrainingDivergedError(RuntimeError):
@@ -348,12 +350,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Everything is validated and loaded: only now is the workdir written to.
   _check_workdir(workdir)
   ckpt = checkpointing.Checkpointer(workdir)
-  progress_meta = {"epoch": 0, "step_in_epoch": 0, "best": None, "best_epoch": -1,
-                   "epoch_sums": None, "window_sums": None, "entropy_history": [],
-                   "finished": False}
+  loop = LoopState()
   restored = ckpt.restore_last(state)
   if restored is not None:
-    state, progress_meta = restored
+    state, meta = restored
+    loop = LoopState.from_json(meta)
     checkpointing.check_compatible(state, model_name=config.model, num_classes=k)
   _check_config_against_workdir(config, workdir)
 
@@ -366,11 +367,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                      dp.soft_labels(state))
 
   progress = Progress(total_steps, enabled=config.progress, stream=sys.stderr)
-  epoch, start_step = progress_meta["epoch"], progress_meta["step_in_epoch"]
+  epoch, start_step = loop.epoch, loop.step_in_epoch
   train_args = (teacher_vars,) if spec.needs_teacher else ()
   nan_at_step = os.environ.get(_NAN_ENV_VAR)  # test-only NaN injection
-  while epoch < config.num_epochs and not progress_meta["finished"]:
-    epoch_sums = _device_sums(progress_meta["epoch_sums"])
+  while epoch < config.num_epochs and not loop.finished:
+    epoch_sums = _device_sums(loop.epoch_sums)
     it = data_lib.train_iterator(
         dataset.splits["train"], global_batch_size=config.batch_size,
         image_size=config.image_size, channels=channels, seed=config.seed,
@@ -380,7 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     batches = dp.prefetch(it)
     # A mid-epoch checkpoint also holds the sums since the last log line, so
     # the next line after a resume equals that of an uninterrupted run.
-    window = _device_sums(progress_meta.get("window_sums"))
+    window = _device_sums(loop.window_sums)
     first_bad = jnp.zeros((), jnp.int32)  # first non-finite global step, 0: none.
     window_start = time.time()
     window_steps = 0
@@ -411,10 +412,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           and global_step % config.checkpoint_every_steps == 0):
         host_sums = jax.device_get(epoch_sums)
         _check_finite(host_sums, first_bad, global_step, steps_per_epoch)
-        ckpt.save_last(global_step, dp.to_host(state), dict(
-            progress_meta, epoch=epoch, step_in_epoch=step_in_epoch + 1,
-            epoch_sums={k_: float(v) for k_, v in host_sums.items()},
-            window_sums={k_: float(v) for k_, v in jax.device_get(window).items()}))
+        ckpt.save_last(global_step, dp.to_host(state), dataclasses.replace(
+            loop, epoch=epoch, step_in_epoch=step_in_epoch + 1, epoch_sums=host_sums,
+            window_sums=jax.device_get(window)).to_json())
       checkpointing.crash_point("step", global_step)
     it.close()
     host_sums = jax.device_get(epoch_sums)
@@ -425,8 +425,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       state = dp.boundary(state)
       soft = dp.soft_labels(state)
       _save_npy_atomic(soft_dir / f"epoch_{epoch + 1:03d}.npy", soft)
-      progress_meta["entropy_history"].append(
-          np.asarray(ols.row_entropy(soft)).tolist())
+      loop = dataclasses.replace(loop, entropy_history=loop.entropy_history + (
+          tuple(np.asarray(ols.row_entropy(soft)).tolist()),))
     val, val_out = evaluate(dp, state, dataset.splits["val"], config,
                             with_outputs=False, channels=channels)
     record = {"step": dp.step(state), "epoch": epoch + 1,
@@ -435,7 +435,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
               "learning_rate": float(schedule(dp.step(state) - 1))}
     record.update({f"eval/{k_}": v for k_, v in val.items()})
     if spec.uses_ols:
-      record["ols/mean_row_entropy"] = float(np.mean(progress_meta["entropy_history"][-1]))
+      record["ols/mean_row_entropy"] = float(np.mean(loop.entropy_history[-1]))
     writer.write(record)
     tensorboard_log.log_epoch_figures(
         writer, record["step"], val_out["sums"], class_names=info.class_names,
@@ -445,19 +445,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f"acc {record['train/accuracy']:.4f} | val top1 err {val['top1_error']:.4f} "
         f"ece {val['ece']:.4f} nll {val['nll']:.4f}")
     score = val[config.select_metric]
-    improved = progress_meta["best"] is None or score < progress_meta["best"]
+    improved = loop.best is None or score < loop.best
     checkpointing.crash_point("epoch_end", epoch + 1)
     epoch += 1
     start_step = 0
-    progress_meta.update(epoch=epoch, step_in_epoch=0, epoch_sums=None,
-                         window_sums=None)
+    loop = dataclasses.replace(loop, epoch=epoch, step_in_epoch=0, epoch_sums=None,
+                               window_sums=None, finished=epoch >= config.num_epochs)
     if improved:
-      progress_meta.update(best=float(score), best_epoch=epoch)
-    progress_meta["finished"] = epoch >= config.num_epochs
+      loop = dataclasses.replace(loop, best=float(score), best_epoch=epoch)
     host_state = dp.to_host(state)
     if improved:
-      ckpt.save_best(int(host_state.step), host_state, progress_meta)
-    ckpt.save_last(int(host_state.step), host_state, progress_meta)
+      ckpt.save_best(int(host_state.step), host_state, loop.to_json())
+    ckpt.save_last(int(host_state.step), host_state, loop.to_json())
   progress.close()
   ckpt.wait()
 
@@ -488,7 +487,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "dataset": info.name, "class_names": list(info.class_names), "num_classes": k,
       "split_sizes": {s: len(dataset.splits[s]) for s in ("train", "val", "test")},
       "model": config.model, "method": config.method, "seed": config.seed,
-      "num_epochs": config.num_epochs, "best_epoch": progress_meta["best_epoch"],
+      "num_epochs": config.num_epochs, "best_epoch": loop.best_epoch,
       "select_metric": config.select_metric, "final_step": final_step,
       "device_count": len(devices), "device_kind": devices[0].device_kind,
       "process_count": jax.process_count(),
@@ -497,7 +496,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "val": val_metrics, "test": test, "test_ts": test_ts, "embedding": emb,
       "test_reliability": _curve_lists(test_out, config.num_bins, 1.0),
       "test_ts_reliability": _curve_lists(test_out, config.num_bins, temperature),
-      "soft_label_row_entropy": progress_meta["entropy_history"],
+      "soft_label_row_entropy": [list(row) for row in loop.entropy_history],
   }
   selective.add_to_summary(summary, workdir, val_out, test_out, temperature=temperature,
                            target_accuracy=config.target_accuracy)

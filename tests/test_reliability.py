@@ -32,6 +32,7 @@ from ols_jax import data as data_lib
 from ols_jax import paths
 from ols_jax import train
 from ols_jax.logging_utils import read_metrics
+from ols_jax.loop_state import LoopState
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENTRY = REPO / "experiments" / "radimagenet.py"
@@ -211,6 +212,24 @@ def test_kill_anywhere_then_resume_is_bit_identical(reference, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert not any("tmp" in p.name for p in last.iterdir())
   _assert_same_run(_snapshot(workdir), _snapshot(reference))
+
+
+def test_loop_state_reads_the_layout_of_older_checkpoints():
+  # The oldest runs saved no window_sums; every run saved these keys as a dict.
+  old = {"epoch": 2, "step_in_epoch": 7, "best": 0.25, "best_epoch": 1,
+         "epoch_sums": {"loss_sum": 3.5, "correct": 5.0, "count": 7.0, "finite": 1.0},
+         "entropy_history": [[0.5, 0.25], [0.125, 0.0625]], "finished": False}
+  loop = LoopState.from_json(old)
+  assert (loop.epoch, loop.step_in_epoch, loop.best, loop.best_epoch) == (2, 7, 0.25, 1)
+  assert loop.window_sums is None and loop.entropy_history[1] == (0.125, 0.0625)
+  assert loop.to_json() == dict(old, window_sums=None)
+  assert LoopState.from_json(json.loads(json.dumps(loop.to_json()))) == loop
+  assert LoopState().to_json() == {
+      "epoch": 0, "step_in_epoch": 0, "best": None, "best_epoch": -1,
+      "epoch_sums": None, "window_sums": None, "entropy_history": [],
+      "finished": False}
+  with pytest.raises(ValueError, match=r"unknown field\(s\) \['bogus'\]"):
+    LoopState.from_json(dict(old, bogus=1))
 
 
 def test_kill_pmap_run_mid_epoch_then_resume_gives_the_same_s(tmp_path, shared_data):

@@ -30,6 +30,7 @@ from ols_jax import checkpointing
 from ols_jax import config as config_lib
 from ols_jax import data as data_lib
 from ols_jax import embeddings as embeddings_lib
+from ols_jax import hooks as hooks_lib
 from ols_jax import metrics as metrics_lib
 from ols_jax import models
 from ols_jax import ols
@@ -44,11 +45,6 @@ from ols_jax.loop_state import LoopState
 
 class TrainingDivergedError(RuntimeError):
   """The loss or gradient norm became non-finite."""
-
-
-# Test-only: the global step whose input batch is replaced by NaNs, to check
-# that divergence is caught (tests/test_reliability.py); unset in real runs.
-_NAN_ENV_VAR = "OLS_JAX_TEST_NAN_AT_STEP"
 
 
 # ----------------------------------------------------------------------------
@@ -290,18 +286,22 @@ def _device_setup(config):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str | os.PathLike):
+                       workdir: str | os.PathLike,
+                       hooks: Optional[hooks_lib.Hooks] = None):
   """Trains, selects on validation, tests once, and writes every artifact.
 
   Args:
     config: an experiment config (see :mod:`ols_jax.config`).
     workdir: output folder; an existing run there is resumed.
+    hooks: called at the loop's named points (:class:`ols_jax.hooks.Hooks`);
+      None: no-ops.
 
   Returns:
     ``(state, summary)``: the selected (best-validation) TrainState and the
     dict written to ``results.json``.
   """
   start_time = time.time()
+  hooks = hooks or hooks_lib.Hooks()
   config_lib.validate(config)
   workdir = pathlib.Path(workdir)
   if config.compilation_cache_dir:
@@ -369,7 +369,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   progress = Progress(total_steps, enabled=config.progress, stream=sys.stderr)
   epoch, start_step = loop.epoch, loop.step_in_epoch
   train_args = (teacher_vars,) if spec.needs_teacher else ()
-  nan_at_step = os.environ.get(_NAN_ENV_VAR)  # test-only NaN injection
   while epoch < config.num_epochs and not loop.finished:
     epoch_sums = _device_sums(loop.epoch_sums)
     it = data_lib.train_iterator(
@@ -386,10 +385,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     window_start = time.time()
     window_steps = 0
     for step_in_epoch in range(start_step, steps_per_epoch):
-      batch = next(batches)
       global_step = epoch * steps_per_epoch + step_in_epoch + 1
-      if nan_at_step == str(global_step):
-        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      batch = hooks.batch(global_step, next(batches))
       state, m = dp.train(state, batch, *train_args)
       epoch_sums, window, first_bad = _accumulate(
           epoch_sums, window, first_bad, m, global_step)
@@ -415,7 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         ckpt.save_last(global_step, dp.to_host(state), dataclasses.replace(
             loop, epoch=epoch, step_in_epoch=step_in_epoch + 1, epoch_sums=host_sums,
             window_sums=jax.device_get(window)).to_json())
-      checkpointing.crash_point("step", global_step)
+      hooks.after_step(global_step)
     it.close()
     host_sums = jax.device_get(epoch_sums)
     _check_finite(host_sums, first_bad, dp.step(state), steps_per_epoch)
@@ -446,7 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f"ece {val['ece']:.4f} nll {val['nll']:.4f}")
     score = val[config.select_metric]
     improved = loop.best is None or score < loop.best
-    checkpointing.crash_point("epoch_end", epoch + 1)
+    hooks.at_epoch_end(epoch + 1)
     epoch += 1
     start_step = 0
     loop = dataclasses.replace(loop, epoch=epoch, step_in_epoch=0, epoch_sums=None,
@@ -503,7 +500,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   report_lib.write_report(workdir, config, summary, test_out=test_out,
                           temperature=temperature, soft_labels=last_soft,
                           figures=config.figures, tsne_samples=config.tsne_samples)
-  checkpointing.crash_point("final", 0)
+  hooks.before_final_write()
   _write_json_atomic(summary_path, summary)
   writer.close()
   return best_state, summary

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
+import fault_entry
 from ols_jax import checkpointing
 from ols_jax import cli
 from ols_jax import data as data_lib
@@ -36,8 +37,8 @@ from ols_jax.loop_state import LoopState
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENTRY = REPO / "experiments" / "radimagenet.py"
+FAULT_ENTRY = REPO / "tests" / "fault_entry.py"  # ENTRY with a crash hook
 SMOKE = REPO / "experiments" / "configs" / "smoke.py"
-NAN_ENV_VAR = "OLS_JAX_TEST_NAN_AT_STEP"
 
 # chest_ct: 493 train images -> 15 steps of 32 per epoch, 45 steps in all;
 # checkpoints at steps 7, 14, 15 (epoch end), 21, 28, 30, 35, 42, 45.
@@ -54,8 +55,8 @@ def _flags(**overrides) -> list[str]:
 
 def _env(devices: int = 1, **extra) -> dict[str, str]:
   env = dict(os.environ)
-  env.pop(checkpointing.CRASH_ENV_VAR, None)
-  env.pop(NAN_ENV_VAR, None)
+  env.pop(fault_entry.CRASH_ENV_VAR, None)
+  env.pop(fault_entry.NAN_ENV_VAR, None)
   flags = [f for f in env.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
   env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
@@ -66,9 +67,10 @@ def _env(devices: int = 1, **extra) -> dict[str, str]:
 
 def _run_entry(workdir, *, crash: str = "", devices: int = 1, timeout: float = 300,
                **overrides) -> subprocess.CompletedProcess:
-  extra = {checkpointing.CRASH_ENV_VAR: crash} if crash else {}
+  extra = {fault_entry.CRASH_ENV_VAR: crash} if crash else {}
   return subprocess.run(
-      [sys.executable, str(ENTRY), f"--workdir={workdir}"] + _flags(**overrides),
+      [sys.executable, str(FAULT_ENTRY if crash else ENTRY), f"--workdir={workdir}"]
+      + _flags(**overrides),
       env=_env(devices, **extra), cwd=REPO, capture_output=True, text=True,
       timeout=timeout, check=False)
 
@@ -82,11 +84,11 @@ def _smoke_config(**overrides):
   return config
 
 
-def _cli_error(capsys, config, workdir) -> str:
+def _cli_error(capsys, config, workdir, hooks=None) -> str:
   """Runs ``cli.run_main`` in-process; returns its one ``error: ...`` line."""
   capsys.readouterr()
   with pytest.raises(SystemExit) as exc:
-    cli.run_main(config, str(workdir))
+    cli.run_main(config, str(workdir), hooks=hooks)
   assert exc.value.code == 2
   err = capsys.readouterr().err
   lines = [l for l in err.splitlines() if l.startswith("error: ")]
@@ -291,12 +293,11 @@ def _all_finite(tree) -> bool:
              if np.issubdtype(np.asarray(x).dtype, np.inexact))
 
 
-def test_nan_stops_run_and_last_good_checkpoint_resumes(tmp_path, capsys,
-                                                        monkeypatch, shared_data):
+def test_nan_stops_run_and_last_good_checkpoint_resumes(tmp_path, capsys, shared_data):
   shared_data("chest_ct")
   workdir = tmp_path / "run"
-  monkeypatch.setenv(NAN_ENV_VAR, "9")
-  line = _cli_error(capsys, _smoke_config(num_epochs=1, learning_rate=9.9), workdir)
+  line = _cli_error(capsys, _smoke_config(num_epochs=1, learning_rate=9.9), workdir,
+                    hooks=fault_entry.FaultHooks(nan_at_step=9))
   assert line == ("error: non-finite loss or gradient norm at step 9 (epoch 1, "
                   "detected at step 10); nothing after the last good checkpoint "
                   "was saved: lower the learning rate and rerun with "
@@ -307,7 +308,6 @@ def test_nan_stops_run_and_last_good_checkpoint_resumes(tmp_path, capsys,
   assert _all_finite(state) and meta["step_in_epoch"] == 7
   assert [r["step"] for r in read_metrics(workdir / "metrics.jsonl")] == [5]
 
-  monkeypatch.delenv(NAN_ENV_VAR)
   sane = _smoke_config(num_epochs=1, learning_rate=0.05)
   line = _cli_error(capsys, sane, workdir)
   assert "learning_rate (9.9 -> 0.05)" in line

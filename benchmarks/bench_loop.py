@@ -36,6 +36,7 @@ import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 from ols_jax import checkpointing  # noqa: E402  pylint: disable=g-import-not-at-top
 from ols_jax import config as config_lib  # noqa: E402  pylint: disable=g-import-not-at-top
 from ols_jax import data as data_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+from ols_jax import evaluation  # noqa: E402  pylint: disable=g-import-not-at-top
 from ols_jax import parallel  # noqa: E402  pylint: disable=g-import-not-at-top
 from ols_jax import report as report_lib  # noqa: E402  pylint: disable=g-import-not-at-top
 from ols_jax import train  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -75,7 +76,7 @@ def instrumented_run(config, workdir: pathlib.Path) -> dict:
   """One main-job run with its timeline; returns the breakdown in seconds."""
   tl = Timeline()
   tl.wrap(data_lib, "train_iterator", "epoch_input")  # == train.data_lib
-  tl.wrap(train, "evaluate", "evaluate")
+  tl.wrap(evaluation, "evaluate", "evaluate")
   tl.wrap(checkpointing.Checkpointer, "save_last", "checkpoint")
   tl.wrap(checkpointing.Checkpointer, "save_best", "checkpoint")
   tl.wrap(report_lib, "write_report", "report")  # == train.report_lib

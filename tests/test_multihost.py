@@ -244,8 +244,7 @@ def test_other_processes_write_nothing(tmp_path, monkeypatch, capsys):
   writer.write({"step": 1})
   progress = logging_utils.Progress(10, stream=sys.stderr)
   progress.message("epoch 1/1")
-  report_lib.write_report(tmp_path, None, {}, test_out={}, temperature=1.0,
-                          soft_labels=None)
+  report_lib.write_report(tmp_path, None, None)
   assert list(tmp_path.iterdir()) == []
   assert capsys.readouterr().err == ""
   monkeypatch.setattr(jax, "process_index", lambda: 0)

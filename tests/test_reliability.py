@@ -30,6 +30,7 @@ import fault_entry
 from ols_jax import checkpointing
 from ols_jax import cli
 from ols_jax import data as data_lib
+from ols_jax import hooks as hooks_lib
 from ols_jax import paths
 from ols_jax import train
 from ols_jax.logging_utils import read_metrics
@@ -316,6 +317,44 @@ def test_nan_stops_run_and_last_good_checkpoint_resumes(tmp_path, capsys, shared
   assert summary["final_step"] == 15
   assert np.isfinite(summary["test"]["nll"])
   assert json.loads((workdir / "config.json").read_text())["learning_rate"] == 0.05
+
+
+class _RecordingHooks(hooks_lib.Hooks):
+  """Records each call with what the workdir holds at that moment."""
+
+  def __init__(self, workdir):
+    self.workdir = workdir
+    self.calls = []
+
+  def batch(self, global_step, batch):
+    self.calls.append(("batch", global_step, batch["image"].shape))
+    return batch
+
+  def after_step(self, global_step):
+    self.calls.append(("after_step", global_step,
+                       _steps(self.workdir / "checkpoints" / "last")[-1:]))
+
+  def at_epoch_end(self, epoch):
+    self.calls.append(("at_epoch_end", epoch, _steps(self.workdir / "checkpoints" / "last"),
+                       read_metrics(self.workdir / "metrics.jsonl")[-1]["step"]))
+
+  def before_final_write(self):
+    self.calls.append(("before_final_write", (self.workdir / "report.md").exists(),
+                       (self.workdir / "results.json").exists()))
+
+
+def test_hooks_are_called_at_the_named_points(tmp_path, shared_data):
+  shared_data("chest_ct")
+  workdir = tmp_path / "run"
+  hooks = _RecordingHooks(workdir)
+  train.train_and_evaluate(_smoke_config(num_epochs=1), workdir, hooks=hooks)
+  want = []
+  for step in range(1, 16):  # checkpoints after steps 7 and 14
+    want += [("batch", step, (32, 28, 28, 1)),
+             ("after_step", step, [7] if 7 <= step < 14 else [14] if step >= 14 else [])]
+  want += [("at_epoch_end", 1, [7, 14], 15),  # logged, its checkpoint not yet written
+           ("before_final_write", True, False)]
+  assert hooks.calls == want
 
 
 def test_checkpointer_refuses_non_finite_state(tmp_path):

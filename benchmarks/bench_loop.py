@@ -34,6 +34,7 @@ from common import ROOT
 from ols_jax import checkpointing
 from ols_jax import config as config_lib
 from ols_jax import data as data_lib
+from ols_jax import evaluation
 from ols_jax import parallel
 from ols_jax import report as report_lib
 from ols_jax import train
@@ -73,7 +74,7 @@ def instrumented_run(config, workdir: pathlib.Path) -> dict:
   """One main-job run with its timeline; returns the breakdown in seconds."""
   tl = Timeline()
   tl.wrap(data_lib, "train_iterator", "epoch_input")  # == train.data_lib
-  tl.wrap(train, "evaluate", "evaluate")
+  tl.wrap(evaluation, "evaluate", "evaluate")
   tl.wrap(checkpointing.Checkpointer, "save_last", "checkpoint")
   tl.wrap(checkpointing.Checkpointer, "save_best", "checkpoint")
   tl.wrap(report_lib, "write_report", "report")  # == train.report_lib

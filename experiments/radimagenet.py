@@ -51,7 +51,8 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "the host device count or thread count.")
 
 
-def main(argv):
+def main(argv, hooks=None):
+  """Runs the job; ``hooks`` go to ``train_and_evaluate`` (tests/fault_entry.py)."""
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   if not _DEBUG.value:
@@ -68,7 +69,7 @@ def main(argv):
                                  (config.batch_size, config.eval_batch_size),
                                  processes=_NUM_PROCESSES.value or 1)
   if not _DISTRIBUTED.value:
-    return cli.run_main(config, _WORKDIR.value, debug=_DEBUG.value)
+    return cli.run_main(config, _WORKDIR.value, debug=_DEBUG.value, hooks=hooks)
   try:
     parallel.initialize_distributed(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=True,
@@ -78,7 +79,7 @@ def main(argv):
       raise
     return _fail(str(e))
   try:
-    return cli.run_main(config, _WORKDIR.value, debug=_DEBUG.value)
+    return cli.run_main(config, _WORKDIR.value, debug=_DEBUG.value, hooks=hooks)
   except BaseException as e:  # pylint: disable=broad-except
     # A failed process leaves at once, without JAX's shutdown barrier (which
     # would wait for the others and then abort with a native trace); the

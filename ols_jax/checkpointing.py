@@ -7,13 +7,6 @@ renames it when complete, so a checkpoint interrupted while being written is
 never picked up (leftover temporary folders are removed on the next start).
 Saves are synchronous: when ``save_*`` returns, the checkpoint is on disk. A
 state with a non-finite value is never written.
-
-Test-only crash hook: with ``OLS_JAX_TEST_CRASH_AT=<point>:<n>`` in the
-environment, :func:`crash_point` kills the process with SIGKILL at that point
-(``step:<global step>``, ``epoch_end:<epoch>``, ``final:0``, or
-``checkpoint_write:<step>``: after orbax has written the temporary folder of
-checkpoint ``<step>`` but before renaming it). The reliability tests use it to
-check that a run killed there resumes exactly; it has no other use.
 """
 
 from __future__ import annotations
@@ -22,7 +15,6 @@ import errno
 import os
 import pathlib
 import re
-import signal
 from typing import Any, Optional
 
 import jax
@@ -30,35 +22,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ols_jax.config import ConfigError
-
-CRASH_ENV_VAR = "OLS_JAX_TEST_CRASH_AT"
-
-
-def crash_point(point: str, n: int) -> None:
-  """Test-only: SIGKILLs this process if ``OLS_JAX_TEST_CRASH_AT == point:n``."""
-  if os.environ.get(CRASH_ENV_VAR) == f"{point}:{int(n)}":
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _install_checkpoint_write_crash() -> None:
-  """Test-only: makes orbax die before renaming the chosen checkpoint."""
-  point, _, n = os.environ.get(CRASH_ENV_VAR, "").partition(":")
-  if point != "checkpoint_write":
-    return
-  from orbax.checkpoint._src.path import atomicity  # pylint: disable=g-import-not-at-top
-  cls = atomicity.AtomicRenameTemporaryPath
-  if getattr(cls, "_ols_jax_crash_hook", False):
-    return
-  finalize = cls.finalize
-
-  async def finalize_or_crash(self, *args, **kwargs):
-    if self.get_final().name == n:
-      os.kill(os.getpid(), signal.SIGKILL)
-    return await finalize(self, *args, **kwargs)
-
-  cls.finalize = finalize_or_crash
-  cls._ols_jax_crash_hook = True  # pylint: disable=protected-access
-
 
 def _os_error_code(e: Exception) -> Optional[int]:
   """The errno of a failed write (tensorstore reports it inside a ValueError)."""
@@ -103,7 +66,6 @@ class Checkpointer:
   """Saves and restores ``(TrainState, meta)`` in a workdir."""
 
   def __init__(self, workdir: pathlib.Path):
-    _install_checkpoint_write_crash()
     root = pathlib.Path(workdir).resolve() / "checkpoints"
     self._root = root
     self._last = ocp.CheckpointManager(

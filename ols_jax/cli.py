@@ -33,9 +33,20 @@ def call_or_exit(fn: Callable[..., Any], *args, debug: bool = False, **kwargs) -
     sys.exit(2)
 
 
-def run_main(config, workdir: str, *, debug: bool = False) -> int:
-  """Runs ``train_and_evaluate`` and turns user errors into exit code 2."""
-  _, summary = call_or_exit(train.train_and_evaluate, config, workdir, debug=debug)
+def run_main(config, workdir: str, *, debug: bool = False, hooks=None) -> int:
+  """Runs ``train_and_evaluate`` and turns user errors into exit code 2.
+
+  Args:
+    config: the run's config.
+    workdir: its output folder.
+    debug: raise user errors (full traceback) instead of one line.
+    hooks: passed to ``train_and_evaluate`` (:class:`ols_jax.hooks.Hooks`).
+
+  Returns:
+    0 (a user error exits with status 2).
+  """
+  _, summary = call_or_exit(train.train_and_evaluate, config, workdir, hooks=hooks,
+                            debug=debug)
   test = summary["test"]
   print(f"done: {summary['method']} / {summary['model']} on {summary['dataset']}: "
         f"test top-1 error {100 * test['top1_error']:.2f}%, ECE {100 * test['ece']:.2f}%, "

@@ -1,4 +1,8 @@
-"""A run's human-readable outputs: report.md and PNG figures."""
+"""A run's human-readable outputs: report.md and PNG figures.
+
+Everything shown is computed by the final evaluation
+(:class:`ols_jax.evaluation.FinalEvaluation`); this module only renders it.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,10 @@ import pathlib
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ols_jax import calibration
 from ols_jax import embeddings as embeddings_lib
-from ols_jax import metrics as metrics_lib
 from ols_jax import plots
-from ols_jax import selective as selective_lib
 from ols_jax.logging_utils import read_metrics
 
 TABLE_METRICS = (
@@ -45,12 +45,6 @@ def metrics_table(rows: dict[str, dict[str, float]]) -> str:
   return "\n".join(lines)
 
 
-def _curve(logits: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[str, Any]:
-  sums = metrics_lib.eval_sums(jnp.asarray(logits), jnp.asarray(labels),
-                               jnp.ones(len(labels), jnp.float32), num_bins=num_bins)
-  return metrics_lib.reliability_curve(jax.device_get(sums))
-
-
 def _fmt_pct(v: Optional[float]) -> str:
   return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.2f}%"
 
@@ -80,64 +74,70 @@ def selective_section(summary: dict[str, Any]) -> list[str]:
   ]
 
 
-def _risk_coverage_figure(summary, test_out, temperature: float, path) -> str:
-  labels = test_out["label"]
-  curves = {}
-  for name, key, t in (("raw", "test", 1.0), (f"T={temperature:.2f}", "test_ts", temperature)):
-    conf, ok = selective_lib.confidence_and_correct(
-        selective_lib.probabilities(test_out["logits"], t), labels)
-    curves[f"{name} (AURC {summary[key]['aurc']:.4f})"] = (
-        selective_lib.risk_coverage_curve(conf, ok))
+def _risk_coverage_figure(evaluated, path) -> str:
+  """The test risk-coverage curves, raw and temperature-scaled, with their AURCs."""
+  summary = evaluated.summary
+  names = {"test": "raw", "test_ts": f"T={summary['temperature']:.2f}"}
+  curves = {f"{names[key]} (AURC {summary[key]['aurc']:.4f})": curve
+            for key, curve in evaluated.risk_coverage.items()}
   return plots.risk_coverage(
       curves, path, title=f"{summary['method']} / {summary['model']}: test risk-coverage",
       threshold_coverage=summary["selective"]["test_coverage"])
 
 
-def write_report(workdir: pathlib.Path, config, summary: dict[str, Any], *,
-                 test_out: dict[str, np.ndarray], temperature: float,
-                 soft_labels: Optional[np.ndarray], figures: bool = True,
-                 tsne_samples: int = 1000) -> None:
-  """Writes ``report.md`` and, if ``figures``, the PNG figures of a run.
+def _figures(workdir: pathlib.Path, evaluated, tsne_samples: int) -> list[str]:
+  """Draws the run's PNG figures into ``workdir/figures``; returns their paths."""
+  summary = evaluated.summary
+  test_out = evaluated.test_outputs
+  fig_dir = workdir / "figures"
+  names = summary["class_names"]
+  method = summary["method"]
+  made = [
+      plots.reliability_diagram(
+          summary["test_reliability"], fig_dir / "reliability_test.png",
+          title=f"{method} / {summary['model']}: test reliability"),
+      plots.reliability_diagram(
+          summary["test_ts_reliability"], fig_dir / "reliability_test_ts.png",
+          title=f"{method}: test reliability after temperature scaling "
+                f"(T={summary['temperature']:.2f})"),
+      _risk_coverage_figure(evaluated, fig_dir / "risk_coverage_test.png"),
+  ]
+  records = [r for r in read_metrics(workdir / "metrics.jsonl") if "eval/ece" in r]
+  if records:
+    made.append(plots.training_curves(records, fig_dir / "training_curves.png",
+                                      title=f"{method} / {summary['model']}"))
+  if evaluated.soft_labels is not None and summary["soft_label_row_entropy"]:
+    made.append(plots.soft_label_heatmap(
+        evaluated.soft_labels, names, fig_dir / "soft_labels.png",
+        title=f"OLS soft labels after epoch {summary['num_epochs']}"))
+    made.append(plots.row_entropy_curve(
+        np.asarray(summary["soft_label_row_entropy"]), fig_dir / "soft_label_entropy.png"))
+  if tsne_samples > 0 and len(test_out["label"]) >= 10:
+    coords, idx = embeddings_lib.tsne_2d(test_out["embedding"], seed=summary["seed"],
+                                         max_samples=tsne_samples)
+    made.append(plots.tsne_scatter(coords, test_out["label"][idx], names,
+                                   fig_dir / "tsne_test.png",
+                                   title=f"t-SNE of test embeddings ({method})"))
+  return made
+
+
+def write_report(workdir: pathlib.Path, config, evaluated) -> None:
+  """Writes ``report.md`` and, if ``config.figures``, the PNG figures of a run.
 
   Only process 0 of a multi-process run writes; the others return at once.
+
+  Args:
+    workdir: the run's folder.
+    config: the run config (``figures``, ``tsne_samples``; shown in full).
+    evaluated: the run's :class:`ols_jax.evaluation.FinalEvaluation`.
   """
   if jax.process_index():
     return
   workdir = pathlib.Path(workdir)
-  fig_dir = workdir / "figures"
-  fig_dir.mkdir(exist_ok=True)
-  names = summary["class_names"]
+  (workdir / "figures").mkdir(exist_ok=True)
+  summary = evaluated.summary
   method = summary["method"]
-  made = []
-  if figures:
-    curve = _curve(test_out["logits"], test_out["label"], config.num_bins)
-    made.append(plots.reliability_diagram(
-        curve, fig_dir / "reliability_test.png",
-        title=f"{method} / {summary['model']}: test reliability"))
-    scaled = np.asarray(calibration.apply_temperature(test_out["logits"], temperature))
-    made.append(plots.reliability_diagram(
-        _curve(scaled, test_out["label"], config.num_bins),
-        fig_dir / "reliability_test_ts.png",
-        title=f"{method}: test reliability after temperature scaling (T={temperature:.2f})"))
-    if "selective" in summary:
-      made.append(_risk_coverage_figure(summary, test_out, temperature,
-                                        fig_dir / "risk_coverage_test.png"))
-    records = [r for r in read_metrics(workdir / "metrics.jsonl") if "eval/ece" in r]
-    if records:
-      made.append(plots.training_curves(records, fig_dir / "training_curves.png",
-                                        title=f"{method} / {summary['model']}"))
-    if soft_labels is not None and summary["soft_label_row_entropy"]:
-      made.append(plots.soft_label_heatmap(
-          soft_labels, names, fig_dir / "soft_labels.png",
-          title=f"OLS soft labels after epoch {summary['num_epochs']}"))
-      made.append(plots.row_entropy_curve(
-          np.asarray(summary["soft_label_row_entropy"]), fig_dir / "soft_label_entropy.png"))
-    if tsne_samples > 0 and len(test_out["label"]) >= 10:
-      coords, idx = embeddings_lib.tsne_2d(test_out["embedding"], seed=summary["seed"],
-                                           max_samples=tsne_samples)
-      made.append(plots.tsne_scatter(coords, test_out["label"][idx], names,
-                                     fig_dir / "tsne_test.png",
-                                     title=f"t-SNE of test embeddings ({method})"))
+  made = _figures(workdir, evaluated, config.tsne_samples) if config.figures else []
   emb = summary["embedding"]
   lines = [
       f"# {method} / {summary['model']} on {summary['dataset']}",

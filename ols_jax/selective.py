@@ -125,7 +125,12 @@ def aurc(confidence, correct) -> float:
   References:
     Geifman, Uziel & El-Yaniv, ICLR 2019.
   """
-  return float(np.mean(risk_coverage_curve(confidence, correct)["risk"]))
+  return curve_area(risk_coverage_curve(confidence, correct))
+
+
+def curve_area(curve: dict[str, np.ndarray]) -> float:
+  """The AURC of a :func:`risk_coverage_curve`: its mean selective risk."""
+  return float(np.mean(curve["risk"]))
 
 
 def select_threshold(confidence, correct, target_accuracy: float) -> float:
@@ -170,35 +175,29 @@ def accepted_stats(confidence, correct, threshold: float
   return n / max(conf.size, 1), (float(ok[accept].mean()) if n else None)
 
 
-def summarize(val_logits, val_labels, test_logits, test_labels, *,
-              temperature: float, target_accuracy: float) -> dict[str, Any]:
-  """AURC before/after temperature scaling and the abstention threshold.
+def abstention(val_confidence, val_correct, test_confidence, test_correct, *,
+               temperature: float, target_accuracy: float) -> dict[str, Any]:
+  """The abstention threshold chosen on val, and what it does on val and test.
 
-  The threshold is chosen on the validation split with temperature-scaled
-  probabilities and then applied, unchanged, to the test split.
+  Args:
+    val_confidence, val_correct: validation confidences and correctness from
+      temperature-scaled probabilities (:func:`confidence_and_correct`).
+    test_confidence, test_correct: the same on the test split.
+    temperature: the temperature of those probabilities (recorded).
+    target_accuracy: wanted accuracy of the accepted inputs, in ``(0, 1]``.
 
   Returns:
-    ``{"aurc": {"val", "test", "test_ts"}, "selective": {...}}`` where
-    ``selective`` holds ``target_accuracy``, ``threshold``, ``temperature``,
-    ``val_coverage``, ``val_accuracy``, ``test_coverage``, ``test_accuracy``.
+    ``target_accuracy``, ``threshold`` (:func:`select_threshold` on val),
+    ``temperature``, ``val_coverage``, ``val_accuracy``, ``test_coverage``,
+    ``test_accuracy`` (:func:`accepted_stats`).
   """
-  val_conf, val_ok = confidence_and_correct(
-      probabilities(val_logits, temperature), val_labels)
-  raw_conf, raw_ok = confidence_and_correct(probabilities(test_logits), test_labels)
-  ts_conf, ts_ok = confidence_and_correct(
-      probabilities(test_logits, temperature), test_labels)
-  threshold = select_threshold(val_conf, val_ok, target_accuracy)
-  val_cov, val_acc = accepted_stats(val_conf, val_ok, threshold)
-  test_cov, test_acc = accepted_stats(ts_conf, ts_ok, threshold)
-  return {
-      "aurc": {"val": aurc(*confidence_and_correct(probabilities(val_logits),
-                                                   val_labels)),
-               "test": aurc(raw_conf, raw_ok), "test_ts": aurc(ts_conf, ts_ok)},
-      "selective": {"target_accuracy": float(target_accuracy),
-                    "threshold": threshold, "temperature": float(temperature),
-                    "val_coverage": val_cov, "val_accuracy": val_acc,
-                    "test_coverage": test_cov, "test_accuracy": test_acc},
-  }
+  threshold = select_threshold(val_confidence, val_correct, target_accuracy)
+  val_cov, val_acc = accepted_stats(val_confidence, val_correct, threshold)
+  test_cov, test_acc = accepted_stats(test_confidence, test_correct, threshold)
+  return {"target_accuracy": float(target_accuracy), "threshold": threshold,
+          "temperature": float(temperature), "val_coverage": val_cov,
+          "val_accuracy": val_acc, "test_coverage": test_cov,
+          "test_accuracy": test_acc}
 
 
 def save_val_outputs(workdir: str | os.PathLike, logits, labels) -> pathlib.Path:
@@ -209,23 +208,3 @@ def save_val_outputs(workdir: str | os.PathLike, logits, labels) -> pathlib.Path
            label=np.asarray(labels, np.int64))
   os.replace(tmp, path)
   return path
-
-
-def add_to_summary(summary: dict[str, Any], workdir: str | os.PathLike,
-                   val_out: dict[str, np.ndarray], test_out: dict[str, np.ndarray],
-                   *, temperature: float, target_accuracy: float) -> None:
-  """Adds the AURCs and ``selective`` to a run's summary; saves val outputs.
-
-  Sets ``summary["val"]["aurc"]``, ``summary["test"]["aurc"]`` (raw),
-  ``summary["test_ts"]["aurc"]`` (temperature-scaled) and
-  ``summary["selective"]`` (see :func:`summarize`), and writes
-  :data:`VAL_OUTPUTS` so that a threshold for another target or for raw
-  probabilities can be chosen later.
-  """
-  out = summarize(val_out["logits"], val_out["label"], test_out["logits"],
-                  test_out["label"], temperature=temperature,
-                  target_accuracy=target_accuracy)
-  for split in ("val", "test", "test_ts"):
-    summary[split]["aurc"] = out["aurc"][split]
-  summary["selective"] = out["selective"]
-  save_val_outputs(workdir, val_out["logits"], val_out["label"])

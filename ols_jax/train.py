@@ -1,22 +1,32 @@
-"""Training and evaluation loop: ``train_and_evaluate(config, workdir)``.
+"""Training and evaluation loop: ``train_and_evaluate(config, workdir, hooks=None)``.
 
 One loop for every method (see :data:`ols_jax.losses.METHODS`). Model
 selection uses the validation split only; the test split is evaluated once, at
 the end, with the selected checkpoint. A rerun on the same workdir resumes
 exactly where the last checkpoint left off (the checkpoint holds the
-TrainState, including S and the OLS sums, the input position and the running
-epoch metrics).
+TrainState, including S and the OLS sums, and the :class:`LoopState`: the
+input position and the running epoch metrics).
+
+The run, in named steps:
+  :func:`prepare`      validate, load, build and restore (nothing is written
+                       to the workdir before every input is valid);
+  :func:`train_epoch`  one epoch from the loop's position: steps, log lines,
+                       mid-epoch checkpoints, then the epoch boundary (next
+                       S), validation, selection and the epoch's checkpoints;
+  :func:`ols_jax.evaluation.final`  the selected checkpoint on val and test;
+  :func:`write_outputs`  report, figures and ``results.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import pathlib
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +34,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from ols_jax import calibration
 from ols_jax import checkpointing
 from ols_jax import config as config_lib
 from ols_jax import data as data_lib
-from ols_jax import embeddings as embeddings_lib
-from ols_jax import metrics as metrics_lib
+from ols_jax import evaluation
+from ols_jax import hooks as hooks_lib
+from ols_jax import losses
 from ols_jax import models
 from ols_jax import ols
 from ols_jax import parallel
@@ -37,16 +47,12 @@ from ols_jax import report as report_lib
 from ols_jax import selective
 from ols_jax import tensorboard_log
 from ols_jax import train_state as train_state_lib
-from ols_jax.logging_utils import MetricWriter, Progress
+from ols_jax.logging_utils import is_main_process, MetricWriter, Progress
+from ols_jax.loop_state import LoopState
 
 
 class TrainingDivergedError(RuntimeError):
   """The loss or gradient norm became non-finite."""
-
-
-# Test-only: the global step whose input batch is replaced by NaNs, to check
-# that divergence is caught (tests/test_reliability.py); unset in real runs.
-_NAN_ENV_VAR = "OLS_JAX_TEST_NAN_AT_STEP"
 
 
 # ----------------------------------------------------------------------------
@@ -55,17 +61,28 @@ _NAN_ENV_VAR = "OLS_JAX_TEST_NAN_AT_STEP"
 
 
 def make_model(config, num_classes: int, bn_axis_name: Optional[str] = None):
-  """The configured model."""
-  options = dict(small_input=bool(config.small_input),
-                 width_multiplier=float(config.width_multiplier),
-                 dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32)
-  if config.dropout_rate >= 0 and config.model.startswith(("vgg", "mobilenet")):
+  """The configured model, given only the options it uses.
+
+  Args:
+    config: a run config (``model``, ``small_input``, ``width_multiplier``,
+      ``dtype``, ``dropout_rate`` (< 0: the model's default),
+      ``zero_init_residual``).
+    num_classes: number of output logits.
+    bn_axis_name: the pmap axis that BatchNorm averages over, or None.
+
+  Returns:
+    An unbound Flax module (:func:`ols_jax.models.create`).
+  """
+  options = {"small_input": bool(config.small_input),
+             "width_multiplier": float(config.width_multiplier),
+             "dtype": jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32,
+             "zero_init_residual": bool(config.zero_init_residual),
+             "bn_axis_name": bn_axis_name}
+  if config.dropout_rate >= 0:
     options["dropout_rate"] = float(config.dropout_rate)
-  if config.zero_init_residual and config.model.startswith("resnet"):
-    options["zero_init_residual"] = True
-  if bn_axis_name is not None:
-    options["bn_axis_name"] = bn_axis_name
-  return models.create(config.model, num_classes, **options)
+  used = models.used_options(config.model)
+  return models.create(config.model, num_classes,
+                       **{k: v for k, v in options.items() if k in used})
 
 
 def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
@@ -97,9 +114,19 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
 
 
 def _dataset(config) -> data_lib.Dataset:
-  return data_lib.load_dataset(
+  """The configured dataset.
+
+  Raises:
+    DataError: it cannot be loaded, or a split is missing or empty.
+  """
+  dataset = data_lib.load_dataset(
       config.dataset, image_size=config.image_size,
       data_dir=config.data_dir or None, manual_dir=config.manual_dir or None)
+  for split in ("train", "val", "test"):
+    if split not in dataset.splits or len(dataset.splits[split]) == 0:
+      raise data_lib.DataError(
+          f"dataset {dataset.info.name}: split {split!r} is missing or empty")
+  return dataset
 
 
 def _flip_labels(config, info) -> Optional[np.ndarray]:
@@ -117,6 +144,7 @@ def _flip_labels(config, info) -> Optional[np.ndarray]:
 
 
 def _check_workdir(workdir: pathlib.Path) -> None:
+  """Creates the workdir; ConfigError if it cannot be written to."""
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe = workdir / f".write_probe{jax.process_index()}"
@@ -128,6 +156,7 @@ def _check_workdir(workdir: pathlib.Path) -> None:
 
 
 def _save_npy_atomic(path: pathlib.Path, array: np.ndarray) -> None:
+  """Writes ``array`` to ``path`` through a temporary file (process 0 only)."""
   if jax.process_index():  # every process holds the same array; one writes it.
     return
   path.parent.mkdir(exist_ok=True)
@@ -137,6 +166,7 @@ def _save_npy_atomic(path: pathlib.Path, array: np.ndarray) -> None:
 
 
 def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+  """Writes ``obj`` as JSON through a temporary file (process 0 only)."""
   if jax.process_index():  # every process holds the same object; one writes it.
     return
   tmp = path.with_name(path.name + ".tmp")
@@ -145,6 +175,7 @@ def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
 
 
 def _json_default(x):
+  """NumPy scalars and arrays as JSON numbers and lists."""
   if isinstance(x, (np.floating, np.integer)):
     return x.item()
   if isinstance(x, np.ndarray):
@@ -176,61 +207,6 @@ def _check_config_against_workdir(config, workdir: pathlib.Path,
 
 
 # ----------------------------------------------------------------------------
-# Evaluation.
-# ----------------------------------------------------------------------------
-
-
-def evaluate(dp: parallel.DataParallel, state, source, config, *, with_outputs: bool,
-             channels: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-  """Runs the eval step over a whole split.
-
-  Returns:
-    ``(metrics, outputs)``: finalised metrics, and ``outputs`` with the summed
-    ``sums`` (:func:`ols_jax.metrics.eval_sums`) and, if requested,
-    per-example ``logits``, ``embedding`` and ``label`` (padding removed).
-  """
-  it = data_lib.eval_iterator(
-      source, global_batch_size=config.eval_batch_size,
-      image_size=config.image_size, channels=channels,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      num_workers=config.num_workers)
-  total = None
-  logits, embs, labels = [], [], []
-  for batch in it:
-    host_labels, host_mask = batch["label"], batch["mask"]
-    sums, out = dp.evaluate(state, batch, with_outputs=with_outputs)
-    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    if with_outputs:  # every process's rows, in order (outputs are already global).
-      host_labels, host_mask = parallel.global_rows((host_labels, host_mask))
-      keep = host_mask > 0
-      logits.append(np.asarray(jax.device_get(out["logits"]))[keep])
-      embs.append(np.asarray(jax.device_get(out["embedding"]))[keep])
-      labels.append(host_labels[keep])
-  it.close()
-  host_total = jax.device_get(total)
-  result = metrics_lib.finalize(host_total)
-  outputs = {"sums": host_total}
-  if with_outputs:
-    outputs.update(logits=np.concatenate(logits), embedding=np.concatenate(embs),
-                   label=np.concatenate(labels).astype(np.int64))
-  return result, outputs
-
-
-def full_metrics(logits: np.ndarray, labels: np.ndarray, num_bins: int,
-                 temperature: float = 1.0) -> dict[str, float]:
-  """Every metric from per-example logits (device sums + host-only ones)."""
-  scaled = calibration.apply_temperature(logits, temperature)
-  sums = jax.jit(metrics_lib.eval_sums, static_argnames="num_bins")(
-      jnp.asarray(scaled), jnp.asarray(labels),
-      jnp.ones(len(labels), jnp.float32), num_bins=num_bins)
-  out = metrics_lib.finalize(jax.device_get(sums))
-  probs = np.asarray(jax.nn.softmax(jnp.asarray(scaled, jnp.float32), axis=-1))
-  host = metrics_lib.host_metrics(probs, labels, num_bins=num_bins)
-  out.update({k: host[k] for k in ("adaptive_ece", "auroc_macro")})
-  return {k: float(v) for k, v in out.items()}
-
-
-# ----------------------------------------------------------------------------
 # Teacher for KD.
 # ----------------------------------------------------------------------------
 
@@ -256,11 +232,193 @@ def load_teacher(config, num_classes: int, channels: int):
 
 
 # ----------------------------------------------------------------------------
-# The loop.
+# The run.
 # ----------------------------------------------------------------------------
 
 
-def _device_setup(config):
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What the loop works with, built once by :func:`prepare`.
+
+  Attributes:
+    config: the run config.
+    workdir: the output folder.
+    dataset: the loaded splits and their info.
+    devices: the devices the run uses.
+    spec: the method's loss (:class:`ols_jax.losses.LossSpec`).
+    schedule: the learning rate per step.
+    steps_per_epoch: train steps per epoch.
+    flip_labels: the label map of mirrored images, or None.
+    dp: the compiled steps of the data-parallel mode.
+    train_args: extra train step arguments (the KD teacher's variables).
+    checkpointer: the workdir's checkpoints.
+    writer: ``metrics.jsonl`` (and TensorBoard).
+    progress: the progress display.
+    hooks: the caller's hooks at the loop's named points.
+    start_time: ``time.time()`` when the run started.
+  """
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  dataset: data_lib.Dataset
+  devices: tuple[jax.Device, ...]
+  spec: losses.LossSpec
+  schedule: optax.Schedule
+  steps_per_epoch: int
+  flip_labels: Optional[np.ndarray]
+  dp: parallel.DataParallel
+  train_args: tuple[Any, ...]
+  checkpointer: checkpointing.Checkpointer
+  writer: MetricWriter
+  progress: Progress
+  hooks: hooks_lib.Hooks
+  start_time: float
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str | os.PathLike,
+                       hooks: Optional[hooks_lib.Hooks] = None):
+  """Trains, selects on validation, tests once, and writes every artifact.
+
+  Args:
+    config: an experiment config (see :mod:`ols_jax.config`).
+    workdir: output folder; an existing run there is resumed.
+    hooks: called at the loop's named points (:class:`ols_jax.hooks.Hooks`);
+      None: no-ops.
+
+  Returns:
+    ``(state, summary)``: the selected (best-validation) TrainState and the
+    dict written to ``results.json``.
+  """
+  run, state, loop = prepare(config, workdir, hooks or hooks_lib.Hooks())
+  while not loop.finished:
+    state, loop = train_epoch(run, state, loop)
+  run.progress.close()
+  run.checkpointer.wait()
+  final_step = run.dp.step(state)
+  best_state = run.checkpointer.restore_best(run.dp.to_host(state))
+  summary = _finished_summary(run.workdir, final_step)
+  if summary is None:
+    evaluated = evaluation.final(
+        run.dp, run.dp.to_device(best_state), run.dataset.splits, config,
+        run_fields=_run_fields(run, loop, final_step), start_time=run.start_time,
+        soft_labels=run.dp.soft_labels(state))
+    write_outputs(run, evaluated)
+    summary = evaluated.summary
+  run.writer.close()
+  return best_state, summary
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+            hooks: hooks_lib.Hooks) -> tuple[Run, Any, LoopState]:
+  """Validates and loads everything, then opens the workdir and restores.
+
+  Nothing is written to the workdir before the config, the data, the devices
+  and a KD teacher are all valid.
+
+  Args:
+    config: the run config.
+    workdir: the output folder (created; an existing run there is resumed).
+    hooks: the loop's hooks.
+
+  Returns:
+    ``(run, state, loop)``: the :class:`Run`, the device-side TrainState and
+    the :class:`LoopState` (both restored from the newest checkpoint, if any).
+
+  Raises:
+    ConfigError, DataError: invalid config, data, devices or workdir.
+  """
+  start_time = time.time()
+  config_lib.validate(config)
+  workdir = pathlib.Path(workdir)
+  _use_compilation_cache(config)
+  dataset = _dataset(config)
+  devices = _device_setup(config)
+  _check_existing_workdir(config, workdir)
+  flip_labels = _flip_labels(config, dataset.info)
+  steps_per_epoch = _steps_per_epoch(config, len(dataset.splits["train"]))
+  k = dataset.info.num_classes
+  spec = config_lib.loss_spec(config, k)
+  schedule = learning_rate_schedule(config, steps_per_epoch)
+  state = _initial_state(config, k, schedule)
+  teacher_apply, teacher_vars = (load_teacher(config, k, config.channels)
+                                 if spec.needs_teacher else (None, None))
+  dp = parallel.DataParallel(config.parallel, spec, devices, num_bins=config.num_bins,
+                             teacher_apply=teacher_apply)
+  train_args = (dp.to_device(teacher_vars),) if spec.needs_teacher else ()
+  # Everything is validated and loaded: only now is the workdir written to.
+  _check_workdir(workdir)
+  checkpointer = checkpointing.Checkpointer(workdir)
+  state, loop = _restore(checkpointer, state, config, k)
+  _check_config_against_workdir(config, workdir)
+  writer = MetricWriter(workdir / "metrics.jsonl", truncate_after_step=int(state.step),
+                        tensorboard_dir=workdir / "tensorboard" if config.tensorboard else None)
+  state = dp.to_device(state)
+  if not (workdir / "soft_labels" / "epoch_000_initial.npy").exists():
+    _save_npy_atomic(workdir / "soft_labels" / "epoch_000_initial.npy",
+                     dp.soft_labels(state))
+  progress = Progress(steps_per_epoch * config.num_epochs, enabled=config.progress,
+                      stream=sys.stderr)
+  run = Run(config=config, workdir=workdir, dataset=dataset, devices=tuple(devices),
+            spec=spec, schedule=schedule, steps_per_epoch=steps_per_epoch,
+            flip_labels=flip_labels, dp=dp, train_args=train_args,
+            checkpointer=checkpointer, writer=writer, progress=progress, hooks=hooks,
+            start_time=start_time)
+  return run, state, loop
+
+
+def train_epoch(run: Run, state, loop: LoopState) -> tuple[Any, LoopState]:
+  """Trains epoch ``loop.epoch`` from step ``loop.step_in_epoch`` and closes it.
+
+  Args:
+    run: the :class:`Run`.
+    state: the device-side TrainState.
+    loop: where the loop stands.
+
+  Returns:
+    ``(state, loop)`` after the epoch, its checkpoints written.
+
+  Raises:
+    TrainingDivergedError: a non-finite loss or gradient norm.
+  """
+  state, train_sums = _train_steps(run, state, loop)
+  state, loop, soft_labels = _epoch_boundary(run, state, loop)
+  val = _validate(run, state, loop, train_sums, soft_labels)
+  run.hooks.at_epoch_end(loop.epoch + 1)
+  return state, _select_and_save(run, state, loop, val[run.config.select_metric])
+
+
+def write_outputs(run: Run, evaluated: evaluation.FinalEvaluation) -> None:
+  """Writes the final outputs; ``results.json`` last, as it marks the run done.
+
+  ``val_outputs.npz`` (for new abstention thresholds), ``report.md`` with the
+  figures, then ``results.json``; only process 0 writes.
+  """
+  if is_main_process():
+    selective.save_val_outputs(run.workdir, evaluated.val_outputs["logits"],
+                               evaluated.val_outputs["label"])
+  report_lib.write_report(run.workdir, run.config, evaluated)
+  run.hooks.before_final_write()
+  _write_json_atomic(run.workdir / "results.json", evaluated.summary)
+
+
+# ----------------------------------------------------------------------------
+# Preparing a run.
+# ----------------------------------------------------------------------------
+
+
+def _use_compilation_cache(config) -> None:
+  """Turns on JAX's persistent compilation cache if the config names a folder."""
+  if config.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _device_setup(config) -> list[jax.Device]:
+  """The devices to use (``config.num_devices``, 0: all).
+
+  Raises:
+    ConfigError: too few devices, or a batch size they do not divide.
+  """
   devices = jax.devices()
   if config.num_devices:
     if config.num_devices > len(devices):
@@ -273,244 +431,241 @@ def _device_setup(config):
       raise config_lib.ConfigError(
           f"config.{field}: expected a multiple of the device count "
           f"{len(devices)}, got {config[field]}")
-  parallel.check_batch_size(config.batch_size, len(devices))
-  parallel.check_batch_size(config.eval_batch_size, len(devices))
   return devices
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str | os.PathLike):
-  """Trains, selects on validation, tests once, and writes every artifact.
-
-  Args:
-    config: an experiment config (see :mod:`ols_jax.config`).
-    workdir: output folder; an existing run there is resumed.
-
-  Returns:
-    ``(state, summary)``: the selected (best-validation) TrainState and the
-    dict written to ``results.json``.
-  """
-  start_time = time.time()
-  config_lib.validate(config)
-  workdir = pathlib.Path(workdir)
-  if config.compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-  dataset = _dataset(config)
-  info = dataset.info
-  k = info.num_classes
-  channels = config.channels
-  for split in ("train", "val", "test"):
-    if split not in dataset.splits or len(dataset.splits[split]) == 0:
-      raise data_lib.DataError(f"dataset {info.name}: split {split!r} is missing or empty")
-  devices = _device_setup(config)
+def _check_existing_workdir(config, workdir: pathlib.Path) -> None:
+  """Refuses a workdir that is a file or holds a run of another config."""
   if workdir.exists() and not workdir.is_dir():
     raise config_lib.ConfigError(f"workdir {workdir}: exists and is not a folder")
   if workdir.is_dir():
     _check_config_against_workdir(config, workdir, write=False)
 
-  flip_labels = _flip_labels(config, info)
-  n_train = len(dataset.splits["train"])
-  steps_per_epoch = data_lib.steps_per_epoch(n_train, config.batch_size)
-  if steps_per_epoch == 0:
+
+def _steps_per_epoch(config, num_train: int) -> int:
+  """Train steps per epoch (full batches only); ConfigError if none fits."""
+  steps = data_lib.steps_per_epoch(num_train, config.batch_size)
+  if steps == 0:
     raise config_lib.ConfigError(
         f"config.batch_size: {config.batch_size} is larger than the training split "
-        f"({n_train} examples)")
-  total_steps = steps_per_epoch * config.num_epochs
-  spec = config_lib.loss_spec(config, k)
-  schedule = learning_rate_schedule(config, steps_per_epoch)
-  model = make_model(config, k, bn_axis_name=(
+        f"({num_train} examples)")
+  return steps
+
+
+def _initial_state(config, num_classes: int, schedule: optax.Schedule):
+  """The freshly initialised host TrainState of the configured model."""
+  model = make_model(config, num_classes, bn_axis_name=(
       parallel.PMAP_AXIS if config.parallel == "pmap" else None))
-  rng = jax.random.PRNGKey(config.seed)
-  state = train_state_lib.create(
+  return train_state_lib.create(
       model, make_optimizer(config, schedule),
-      input_shape=(config.image_size, config.image_size, channels),
-      num_classes=k, rng=rng, ols_init=config.ols_init, ols_eps=config.ols_eps)
+      input_shape=(config.image_size, config.image_size, config.channels),
+      num_classes=num_classes, rng=jax.random.PRNGKey(config.seed),
+      ols_init=config.ols_init, ols_eps=config.ols_eps)
 
-  teacher_apply, teacher_vars = None, None
-  if spec.needs_teacher:
-    teacher_apply, teacher_vars = load_teacher(config, k, channels)
-  dp = parallel.DataParallel(config.parallel, spec, devices, num_bins=config.num_bins,
-                             teacher_apply=teacher_apply)
-  if teacher_vars is not None:
-    teacher_vars = dp.to_device(teacher_vars)
 
-  # Everything is validated and loaded: only now is the workdir written to.
-  _check_workdir(workdir)
-  ckpt = checkpointing.Checkpointer(workdir)
-  progress_meta = {"epoch": 0, "step_in_epoch": 0, "best": None, "best_epoch": -1,
-                   "epoch_sums": None, "window_sums": None, "entropy_history": [],
-                   "finished": False}
-  restored = ckpt.restore_last(state)
+def _restore(checkpointer: checkpointing.Checkpointer, state, config,
+             num_classes: int) -> tuple[Any, LoopState]:
+  """The newest checkpoint's state and loop position, else ``state`` at the start.
+
+  A loop past the configured epochs counts as finished.
+  """
+  loop = LoopState()
+  restored = checkpointer.restore_last(state)
   if restored is not None:
-    state, progress_meta = restored
-    checkpointing.check_compatible(state, model_name=config.model, num_classes=k)
-  _check_config_against_workdir(config, workdir)
+    state, meta = restored
+    loop = LoopState.from_json(meta)
+    checkpointing.check_compatible(state, model_name=config.model, num_classes=num_classes)
+  if loop.epoch >= config.num_epochs:
+    loop = dataclasses.replace(loop, finished=True)
+  return state, loop
 
-  writer = MetricWriter(workdir / "metrics.jsonl", truncate_after_step=int(state.step),
-                        tensorboard_dir=workdir / "tensorboard" if config.tensorboard else None)
-  state = dp.to_device(state)
-  soft_dir = workdir / "soft_labels"
-  if not (soft_dir / "epoch_000_initial.npy").exists():
-    _save_npy_atomic(soft_dir / "epoch_000_initial.npy",
-                     dp.soft_labels(state))
 
-  progress = Progress(total_steps, enabled=config.progress, stream=sys.stderr)
-  epoch, start_step = progress_meta["epoch"], progress_meta["step_in_epoch"]
-  train_args = (teacher_vars,) if spec.needs_teacher else ()
-  nan_at_step = os.environ.get(_NAN_ENV_VAR)  # test-only NaN injection
-  while epoch < config.num_epochs and not progress_meta["finished"]:
-    epoch_sums = _device_sums(progress_meta["epoch_sums"])
-    it = data_lib.train_iterator(
-        dataset.splits["train"], global_batch_size=config.batch_size,
-        image_size=config.image_size, channels=channels, seed=config.seed,
-        augment=config.augment, epoch=epoch, start_step=start_step,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_workers=config.num_workers, flip_labels=flip_labels)
-    batches = dp.prefetch(it)
-    # A mid-epoch checkpoint also holds the sums since the last log line, so
-    # the next line after a resume equals that of an uninterrupted run.
-    window = _device_sums(progress_meta.get("window_sums"))
-    first_bad = jnp.zeros((), jnp.int32)  # first non-finite global step, 0: none.
-    window_start = time.time()
-    window_steps = 0
-    for step_in_epoch in range(start_step, steps_per_epoch):
-      batch = next(batches)
-      global_step = epoch * steps_per_epoch + step_in_epoch + 1
-      if nan_at_step == str(global_step):
-        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
-      state, m = dp.train(state, batch, *train_args)
-      epoch_sums, window, first_bad = _accumulate(
-          epoch_sums, window, first_bad, m, global_step)
-      window_steps += 1
-      progress.update(global_step, config.batch_size)
-      last_in_epoch = step_in_epoch + 1 == steps_per_epoch
-      if config.log_every_steps and global_step % config.log_every_steps == 0:
-        w = jax.device_get(window)
-        _check_finite(w, first_bad, global_step, steps_per_epoch)
-        dt = max(time.time() - window_start, 1e-9)
-        writer.write({"step": global_step, "epoch": epoch + (step_in_epoch + 1) / steps_per_epoch,
-                      "train/loss": w["loss_sum"] / max(w["count"], 1),
-                      "train/accuracy": w["correct"] / max(w["count"], 1),
-                      "learning_rate": float(schedule(global_step - 1)),
-                      "steps_per_second": window_steps / dt,
-                      "images_per_second": window_steps * config.batch_size / dt})
-        window = _device_sums(None)
-        window_start, window_steps = time.time(), 0
-      if (config.checkpoint_every_steps and not last_in_epoch
-          and global_step % config.checkpoint_every_steps == 0):
-        host_sums = jax.device_get(epoch_sums)
-        _check_finite(host_sums, first_bad, global_step, steps_per_epoch)
-        ckpt.save_last(global_step, dp.to_host(state), dict(
-            progress_meta, epoch=epoch, step_in_epoch=step_in_epoch + 1,
-            epoch_sums={k_: float(v) for k_, v in host_sums.items()},
-            window_sums={k_: float(v) for k_, v in jax.device_get(window).items()}))
-      checkpointing.crash_point("step", global_step)
-    it.close()
-    host_sums = jax.device_get(epoch_sums)
-    _check_finite(host_sums, first_bad, dp.step(state), steps_per_epoch)
+def _finished_summary(workdir: pathlib.Path, final_step: int) -> Optional[dict[str, Any]]:
+  """The saved ``results.json`` if it belongs to this final step, else None."""
+  path = workdir / "results.json"
+  if not path.exists():
+    return None
+  summary = json.loads(path.read_text())
+  return summary if summary.get("final_step") == final_step else None
 
-    # Epoch boundary: the next S from this epoch's sums.
-    if spec.uses_ols:
-      state = dp.boundary(state)
-      soft = dp.soft_labels(state)
-      _save_npy_atomic(soft_dir / f"epoch_{epoch + 1:03d}.npy", soft)
-      progress_meta["entropy_history"].append(
-          np.asarray(ols.row_entropy(soft)).tolist())
-    val, val_out = evaluate(dp, state, dataset.splits["val"], config,
-                            with_outputs=False, channels=channels)
-    record = {"step": dp.step(state), "epoch": epoch + 1,
-              "train/loss": host_sums["loss_sum"] / max(host_sums["count"], 1),
-              "train/accuracy": host_sums["correct"] / max(host_sums["count"], 1),
-              "learning_rate": float(schedule(dp.step(state) - 1))}
-    record.update({f"eval/{k_}": v for k_, v in val.items()})
-    if spec.uses_ols:
-      record["ols/mean_row_entropy"] = float(np.mean(progress_meta["entropy_history"][-1]))
-    writer.write(record)
-    tensorboard_log.log_epoch_figures(
-        writer, record["step"], val_out["sums"], class_names=info.class_names,
-        soft_labels=soft if spec.uses_ols else None, epoch=epoch + 1)
-    progress.message(
-        f"epoch {epoch + 1}/{config.num_epochs}: train loss {record['train/loss']:.4f} "
-        f"acc {record['train/accuracy']:.4f} | val top1 err {val['top1_error']:.4f} "
-        f"ece {val['ece']:.4f} nll {val['nll']:.4f}")
-    score = val[config.select_metric]
-    improved = progress_meta["best"] is None or score < progress_meta["best"]
-    checkpointing.crash_point("epoch_end", epoch + 1)
-    epoch += 1
-    start_step = 0
-    progress_meta.update(epoch=epoch, step_in_epoch=0, epoch_sums=None,
-                         window_sums=None)
-    if improved:
-      progress_meta.update(best=float(score), best_epoch=epoch)
-    progress_meta["finished"] = epoch >= config.num_epochs
-    host_state = dp.to_host(state)
-    if improved:
-      ckpt.save_best(int(host_state.step), host_state, progress_meta)
-    ckpt.save_last(int(host_state.step), host_state, progress_meta)
-  progress.close()
-  ckpt.wait()
 
-  # ---- Final evaluation with the selected checkpoint. ------------------------
-  summary_path = workdir / "results.json"
-  if summary_path.exists():
-    summary = json.loads(summary_path.read_text())
-    if summary.get("final_step") == dp.step(state):
-      best_state = ckpt.restore_best(dp.to_host(state))
-      writer.close()
-      return best_state, summary
-  last_soft = dp.soft_labels(state)
-  best_state = ckpt.restore_best(dp.to_host(state))
-  final_step = dp.step(state)
-  state = dp.to_device(best_state)
-  _, val_out = evaluate(dp, state, dataset.splits["val"], config,
-                        with_outputs=True, channels=channels)
-  temperature = calibration.fit_temperature(val_out["logits"], val_out["label"])
-  _, test_out = evaluate(dp, state, dataset.splits["test"], config,
-                         with_outputs=True, channels=channels)
-  test = full_metrics(test_out["logits"], test_out["label"], config.num_bins)
-  test_ts = full_metrics(test_out["logits"], test_out["label"], config.num_bins,
-                         temperature)
-  val_metrics = full_metrics(val_out["logits"], val_out["label"], config.num_bins)
-  emb = embeddings_lib.embedding_metrics(test_out["embedding"], test_out["label"],
-                                         seed=config.seed)
-  summary = {
-      "dataset": info.name, "class_names": list(info.class_names), "num_classes": k,
-      "split_sizes": {s: len(dataset.splits[s]) for s in ("train", "val", "test")},
+def _run_fields(run: Run, loop: LoopState, final_step: int) -> dict[str, Any]:
+  """What describes a finished run in its summary (besides its metrics)."""
+  config, info = run.config, run.dataset.info
+  return {
+      "dataset": info.name, "class_names": list(info.class_names),
+      "num_classes": info.num_classes,
+      "split_sizes": {s: len(run.dataset.splits[s]) for s in ("train", "val", "test")},
       "model": config.model, "method": config.method, "seed": config.seed,
-      "num_epochs": config.num_epochs, "best_epoch": progress_meta["best_epoch"],
+      "num_epochs": config.num_epochs, "best_epoch": loop.best_epoch,
       "select_metric": config.select_metric, "final_step": final_step,
-      "device_count": len(devices), "device_kind": devices[0].device_kind,
+      "device_count": len(run.devices), "device_kind": run.devices[0].device_kind,
       "process_count": jax.process_count(),
-      "wall_time_s": time.time() - start_time,
-      "temperature": float(temperature),
-      "val": val_metrics, "test": test, "test_ts": test_ts, "embedding": emb,
-      "test_reliability": _curve_lists(test_out, config.num_bins, 1.0),
-      "test_ts_reliability": _curve_lists(test_out, config.num_bins, temperature),
-      "soft_label_row_entropy": progress_meta["entropy_history"],
+      "soft_label_row_entropy": [list(row) for row in loop.entropy_history],
   }
-  selective.add_to_summary(summary, workdir, val_out, test_out, temperature=temperature,
-                           target_accuracy=config.target_accuracy)
-  report_lib.write_report(workdir, config, summary, test_out=test_out,
-                          temperature=temperature, soft_labels=last_soft,
-                          figures=config.figures, tsne_samples=config.tsne_samples)
-  checkpointing.crash_point("final", 0)
-  _write_json_atomic(summary_path, summary)
-  writer.close()
-  return best_state, summary
 
 
-def _curve_lists(outputs, num_bins: int, temperature: float) -> dict[str, Any]:
-  """The reliability curve of per-example outputs, JSON-ready."""
-  scaled = calibration.apply_temperature(outputs["logits"], temperature)
-  sums = metrics_lib.eval_sums(jnp.asarray(scaled), jnp.asarray(outputs["label"]),
-                               None, num_bins=num_bins)
-  curve = metrics_lib.reliability_curve(jax.device_get(sums))
-  return {k: (np.asarray(v).tolist() if np.ndim(v) else float(v)) for k, v in curve.items()}
+# ----------------------------------------------------------------------------
+# One epoch.
+# ----------------------------------------------------------------------------
+
+
+class _RunningSums(NamedTuple):
+  """Train sums on device: the epoch's, the log window's, and the first
+  non-finite global step (0: none yet)."""
+  epoch: dict[str, jax.Array]
+  window: dict[str, jax.Array]
+  first_bad: jax.Array
+
+
+def _train_steps(run: Run, state, loop: LoopState) -> tuple[Any, dict[str, Any]]:
+  """The epoch's remaining steps, with their log lines and mid-epoch checkpoints.
+
+  Returns:
+    ``(state, sums)``: the state after the epoch's last step and the epoch's
+    train sums on the host.
+
+  Raises:
+    TrainingDivergedError: a non-finite loss or gradient norm.
+  """
+  config, dp, steps = run.config, run.dp, run.steps_per_epoch
+  it = data_lib.train_iterator(
+      run.dataset.splits["train"], global_batch_size=config.batch_size,
+      image_size=config.image_size, channels=config.channels, seed=config.seed,
+      augment=config.augment, epoch=loop.epoch, start_step=loop.step_in_epoch,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_workers=config.num_workers, flip_labels=run.flip_labels)
+  batches = dp.prefetch(it)
+  # A mid-epoch checkpoint also holds the sums since the last log line, so
+  # the next line after a resume equals that of an uninterrupted run.
+  running = _RunningSums(_device_sums(loop.epoch_sums), _device_sums(loop.window_sums),
+                         jnp.zeros((), jnp.int32))
+  window_start, window_steps = time.time(), 0
+  for step_in_epoch in range(loop.step_in_epoch, steps):
+    global_step = loop.epoch * steps + step_in_epoch + 1
+    batch = run.hooks.batch(global_step, next(batches))
+    state, step_metrics = dp.train(state, batch, *run.train_args)
+    running = _accumulate(running, step_metrics, global_step)
+    window_steps += 1
+    run.progress.update(global_step, config.batch_size)
+    if config.log_every_steps and global_step % config.log_every_steps == 0:
+      _log_window(run, running, global_step, loop.epoch + (step_in_epoch + 1) / steps,
+                  window_steps, window_start)
+      running = running._replace(window=_device_sums(None))
+      window_start, window_steps = time.time(), 0
+    if (config.checkpoint_every_steps and step_in_epoch + 1 < steps
+        and global_step % config.checkpoint_every_steps == 0):
+      _save_mid_epoch(run, state, dataclasses.replace(loop, step_in_epoch=step_in_epoch + 1),
+                      running, global_step)
+    run.hooks.after_step(global_step)
+  it.close()
+  sums = jax.device_get(running.epoch)
+  _check_finite(sums, running.first_bad, dp.step(state), steps)
+  return state, sums
+
+
+def _log_window(run: Run, running: _RunningSums, global_step: int, epoch: float,
+                window_steps: int, window_start: float) -> None:
+  """Writes the metrics line of the steps since the last one.
+
+  Raises:
+    TrainingDivergedError: a step of the window was non-finite.
+  """
+  w = jax.device_get(running.window)
+  _check_finite(w, running.first_bad, global_step, run.steps_per_epoch)
+  dt = max(time.time() - window_start, 1e-9)
+  run.writer.write({"step": global_step, "epoch": epoch,
+                    "train/loss": w["loss_sum"] / max(w["count"], 1),
+                    "train/accuracy": w["correct"] / max(w["count"], 1),
+                    "learning_rate": float(run.schedule(global_step - 1)),
+                    "steps_per_second": window_steps / dt,
+                    "images_per_second": window_steps * run.config.batch_size / dt})
+
+
+def _save_mid_epoch(run: Run, state, loop: LoopState, running: _RunningSums,
+                    global_step: int) -> None:
+  """Saves a ``last`` checkpoint inside the epoch, with the running sums.
+
+  Raises:
+    TrainingDivergedError: a step since the epoch began was non-finite.
+  """
+  epoch_sums = jax.device_get(running.epoch)
+  _check_finite(epoch_sums, running.first_bad, global_step, run.steps_per_epoch)
+  position = dataclasses.replace(loop, epoch_sums=epoch_sums,
+                                 window_sums=jax.device_get(running.window))
+  run.checkpointer.save_last(global_step, run.dp.to_host(state), position.to_json())
+
+
+def _epoch_boundary(run: Run, state, loop: LoopState
+                    ) -> tuple[Any, LoopState, Optional[np.ndarray]]:
+  """OLS only: the next S from the epoch's sums, saved and its entropies kept.
+
+  Returns:
+    ``(state, loop, soft_labels)``: with OLS the new S (also in
+    ``soft_labels/epoch_NNN.npy``) and its row entropies appended to the
+    loop's history; otherwise the inputs and None.
+  """
+  if not run.spec.uses_ols:
+    return state, loop, None
+  state = run.dp.boundary(state)
+  soft_labels = run.dp.soft_labels(state)
+  _save_npy_atomic(run.workdir / "soft_labels" / f"epoch_{loop.epoch + 1:03d}.npy",
+                   soft_labels)
+  entropy = tuple(np.asarray(ols.row_entropy(soft_labels)).tolist())
+  loop = dataclasses.replace(loop, entropy_history=loop.entropy_history + (entropy,))
+  return state, loop, soft_labels
+
+
+def _validate(run: Run, state, loop: LoopState, train_sums: dict[str, Any],
+              soft_labels: Optional[np.ndarray]) -> dict[str, float]:
+  """Evaluates on val; logs the epoch's line, figures and progress message.
+
+  Returns:
+    The validation metrics.
+  """
+  config, dp = run.config, run.dp
+  val, val_out = evaluation.evaluate(dp, state, run.dataset.splits["val"], config,
+                                     with_outputs=False, channels=config.channels)
+  step = dp.step(state)
+  record = {"step": step, "epoch": loop.epoch + 1,
+            "train/loss": train_sums["loss_sum"] / max(train_sums["count"], 1),
+            "train/accuracy": train_sums["correct"] / max(train_sums["count"], 1),
+            "learning_rate": float(run.schedule(step - 1))}
+  record.update({f"eval/{k}": v for k, v in val.items()})
+  if run.spec.uses_ols:
+    record["ols/mean_row_entropy"] = float(np.mean(loop.entropy_history[-1]))
+  run.writer.write(record)
+  tensorboard_log.log_epoch_figures(
+      run.writer, step, val_out["sums"], class_names=run.dataset.info.class_names,
+      soft_labels=soft_labels, epoch=loop.epoch + 1)
+  run.progress.message(
+      f"epoch {loop.epoch + 1}/{config.num_epochs}: train loss {record['train/loss']:.4f} "
+      f"acc {record['train/accuracy']:.4f} | val top1 err {val['top1_error']:.4f} "
+      f"ece {val['ece']:.4f} nll {val['nll']:.4f}")
+  return val
+
+
+def _select_and_save(run: Run, state, loop: LoopState, score: float) -> LoopState:
+  """Closes the epoch: keeps ``score`` if best, writes ``best`` and ``last``.
+
+  Returns:
+    The loop at the start of the next epoch.
+  """
+  improved = loop.best is None or score < loop.best
+  epoch = loop.epoch + 1
+  loop = dataclasses.replace(loop, epoch=epoch, step_in_epoch=0, epoch_sums=None,
+                             window_sums=None, finished=epoch >= run.config.num_epochs)
+  if improved:
+    loop = dataclasses.replace(loop, best=float(score), best_epoch=epoch)
+  host_state = run.dp.to_host(state)
+  if improved:
+    run.checkpointer.save_best(int(host_state.step), host_state, loop.to_json())
+  run.checkpointer.save_last(int(host_state.step), host_state, loop.to_json())
+  return loop
 
 
 def _merge(a, b):
+  """Adds two sets of train sums (``finite``: both finite)."""
   out = {k: a[k] + b[k] for k in ("loss_sum", "correct", "count")}
   out["finite"] = a["finite"] * b["finite"]
   return out
@@ -524,7 +679,7 @@ def _device_sums(saved: Optional[dict]) -> dict[str, jax.Array]:
 
 
 @jax.jit
-def _accumulate(epoch_sums, window, first_bad, m, global_step):
+def _accumulate(running: _RunningSums, m, global_step) -> _RunningSums:
   """Adds one step's metrics to the epoch and log-window sums.
 
   Also records the first step whose loss or gradient norm is non-finite.
@@ -533,8 +688,10 @@ def _accumulate(epoch_sums, window, first_bad, m, global_step):
   finite = jnp.isfinite(m["loss_sum"]) & jnp.isfinite(m["grad_norm"])
   step_sums = {"loss_sum": m["loss_sum"], "correct": m["correct"],
                "count": m["count"], "finite": finite.astype(jnp.float32)}
-  first_bad = jnp.where((first_bad == 0) & ~finite, global_step, first_bad)
-  return _merge(epoch_sums, step_sums), _merge(window, step_sums), first_bad
+  first_bad = jnp.where((running.first_bad == 0) & ~finite, global_step,
+                        running.first_bad)
+  return _RunningSums(_merge(running.epoch, step_sums), _merge(running.window, step_sums),
+                      first_bad)
 
 
 def _check_finite(sums: dict, first_bad, step: int, steps_per_epoch: int) -> None:

@@ -270,6 +270,20 @@ def test_zero_init_residual():
     assert models.create(name, 3, zero_init_residual=True).zero_init_residual
 
 
+def test_used_options_are_the_ones_that_change_a_model():
+  for name in models.MODEL_NAMES:
+    assert set(models.used_options(name)) <= set(models.OPTION_NAMES)
+    assert {'small_input', 'width_multiplier', 'dropout_rate', 'dtype'} <= set(
+        models.used_options(name))
+  assert models.used_options('ResNet-18') == models.used_options('resnet18')
+  assert 'zero_init_residual' in models.used_options('mobilenet_v2')
+  assert 'zero_init_residual' not in models.used_options('vgg19_bn')
+  assert 'bn_axis_name' in models.used_options('vgg19_bn')
+  assert 'bn_axis_name' not in models.used_options('vgg19')  # no BatchNorm
+  with pytest.raises(ValueError, match='unknown model'):
+    models.used_options('bogus')
+
+
 def test_initialisers_follow_torchvision():
   model = models.create('vgg19', 3, width_multiplier=0.125, small_input=True)
   # Default optimisation: this program generates ~1.6M random numbers.

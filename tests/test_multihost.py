@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ols_jax import checkpointing
+import fault_entry
 from ols_jax import logging_utils
 from ols_jax import paths
 from ols_jax import report as report_lib
@@ -29,6 +29,7 @@ from ols_jax import train
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENTRY = REPO / "experiments" / "radimagenet.py"
 LAUNCHER = REPO / "experiments" / "launch_local.py"
+FAULT_ENTRY = REPO / "tests" / "fault_entry.py"  # ENTRY with a crash hook
 SMOKE = REPO / "experiments" / "configs" / "smoke.py"
 
 # chest_ct: 493 train images -> 15 steps of 32 per epoch, 30 in all;
@@ -43,7 +44,7 @@ TIMEOUT_S = 240
 def _env(**extra) -> dict[str, str]:
   """The test environment without conftest's fake device count."""
   env = dict(os.environ)
-  env.pop(checkpointing.CRASH_ENV_VAR, None)
+  env.pop(fault_entry.CRASH_ENV_VAR, None)
   flags = [f for f in env.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
   env["XLA_FLAGS"] = " ".join(flags)
@@ -65,9 +66,10 @@ def _one_process(workdir, devices: int) -> subprocess.CompletedProcess:
 
 
 def _launch(workdir, devices: int, crash: str = "") -> subprocess.CompletedProcess:
-  extra = {checkpointing.CRASH_ENV_VAR: crash} if crash else {}
+  extra = {fault_entry.CRASH_ENV_VAR: crash} if crash else {}
+  entry = [f"--entry={FAULT_ENTRY}"] if crash else []
   return subprocess.run(
-      [sys.executable, str(LAUNCHER), "--num_processes=2", "--"]
+      [sys.executable, str(LAUNCHER), "--num_processes=2"] + entry + ["--"]
       + _args(workdir, devices), env=_env(**extra), cwd=REPO, capture_output=True,
       text=True, timeout=TIMEOUT_S, check=False)
 
@@ -242,8 +244,7 @@ def test_other_processes_write_nothing(tmp_path, monkeypatch, capsys):
   writer.write({"step": 1})
   progress = logging_utils.Progress(10, stream=sys.stderr)
   progress.message("epoch 1/1")
-  report_lib.write_report(tmp_path, None, {}, test_out={}, temperature=1.0,
-                          soft_labels=None)
+  report_lib.write_report(tmp_path, None, None)
   assert list(tmp_path.iterdir()) == []
   assert capsys.readouterr().err == ""
   monkeypatch.setattr(jax, "process_index", lambda: 0)

@@ -25,6 +25,7 @@ from ols_jax import checkpointing
 from ols_jax import cli
 from ols_jax import config as config_lib
 from ols_jax import data as data_lib
+from ols_jax import evaluation
 from ols_jax import logging_utils
 from ols_jax import parallel
 from ols_jax import paths
@@ -92,7 +93,7 @@ def _error(capsys, *args, **kwargs) -> str:
 
 
 def _reference_test_logits(workdir):
-  """The run's final evaluation, redone: train.evaluate on the restored best state."""
+  """The run's final evaluation, redone: evaluation.evaluate on the restored best state."""
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   dataset = data_lib.load_dataset(config.dataset, image_size=config.image_size)
   k = dataset.info.num_classes
@@ -103,8 +104,8 @@ def _reference_test_logits(workdir):
       num_classes=k, rng=jax.random.PRNGKey(0))
   best = checkpointing.Checkpointer(workdir).restore_best(state)
   dp = parallel.DataParallel("jit", config_lib.loss_spec(config, k), jax.devices()[:1])
-  _, out = train.evaluate(dp, dp.to_device(best), dataset.splits["test"], config,
-                          with_outputs=True, channels=config.channels)
+  _, out = evaluation.evaluate(dp, dp.to_device(best), dataset.splits["test"], config,
+                               with_outputs=True, channels=config.channels)
   return out["logits"], out["label"]
 
 

@@ -26,17 +26,20 @@ import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
+import fault_entry
 from ols_jax import checkpointing
 from ols_jax import cli
 from ols_jax import data as data_lib
+from ols_jax import hooks as hooks_lib
 from ols_jax import paths
 from ols_jax import train
 from ols_jax.logging_utils import read_metrics
+from ols_jax.loop_state import LoopState
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENTRY = REPO / "experiments" / "radimagenet.py"
+FAULT_ENTRY = REPO / "tests" / "fault_entry.py"  # ENTRY with a crash hook
 SMOKE = REPO / "experiments" / "configs" / "smoke.py"
-NAN_ENV_VAR = "OLS_JAX_TEST_NAN_AT_STEP"
 
 # chest_ct: 493 train images -> 15 steps of 32 per epoch, 45 steps in all;
 # checkpoints at steps 7, 14, 15 (epoch end), 21, 28, 30, 35, 42, 45.
@@ -53,8 +56,8 @@ def _flags(**overrides) -> list[str]:
 
 def _env(devices: int = 1, **extra) -> dict[str, str]:
   env = dict(os.environ)
-  env.pop(checkpointing.CRASH_ENV_VAR, None)
-  env.pop(NAN_ENV_VAR, None)
+  env.pop(fault_entry.CRASH_ENV_VAR, None)
+  env.pop(fault_entry.NAN_ENV_VAR, None)
   flags = [f for f in env.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
   env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
@@ -65,9 +68,10 @@ def _env(devices: int = 1, **extra) -> dict[str, str]:
 
 def _run_entry(workdir, *, crash: str = "", devices: int = 1, timeout: float = 300,
                **overrides) -> subprocess.CompletedProcess:
-  extra = {checkpointing.CRASH_ENV_VAR: crash} if crash else {}
+  extra = {fault_entry.CRASH_ENV_VAR: crash} if crash else {}
   return subprocess.run(
-      [sys.executable, str(ENTRY), f"--workdir={workdir}"] + _flags(**overrides),
+      [sys.executable, str(FAULT_ENTRY if crash else ENTRY), f"--workdir={workdir}"]
+      + _flags(**overrides),
       env=_env(devices, **extra), cwd=REPO, capture_output=True, text=True,
       timeout=timeout, check=False)
 
@@ -81,11 +85,11 @@ def _smoke_config(**overrides):
   return config
 
 
-def _cli_error(capsys, config, workdir) -> str:
+def _cli_error(capsys, config, workdir, hooks=None) -> str:
   """Runs ``cli.run_main`` in-process; returns its one ``error: ...`` line."""
   capsys.readouterr()
   with pytest.raises(SystemExit) as exc:
-    cli.run_main(config, str(workdir))
+    cli.run_main(config, str(workdir), hooks=hooks)
   assert exc.value.code == 2
   err = capsys.readouterr().err
   lines = [l for l in err.splitlines() if l.startswith("error: ")]
@@ -213,6 +217,24 @@ def test_kill_anywhere_then_resume_is_bit_identical(reference, tmp_path):
   _assert_same_run(_snapshot(workdir), _snapshot(reference))
 
 
+def test_loop_state_reads_the_layout_of_older_checkpoints():
+  # The oldest runs saved no window_sums; every run saved these keys as a dict.
+  old = {"epoch": 2, "step_in_epoch": 7, "best": 0.25, "best_epoch": 1,
+         "epoch_sums": {"loss_sum": 3.5, "correct": 5.0, "count": 7.0, "finite": 1.0},
+         "entropy_history": [[0.5, 0.25], [0.125, 0.0625]], "finished": False}
+  loop = LoopState.from_json(old)
+  assert (loop.epoch, loop.step_in_epoch, loop.best, loop.best_epoch) == (2, 7, 0.25, 1)
+  assert loop.window_sums is None and loop.entropy_history[1] == (0.125, 0.0625)
+  assert loop.to_json() == dict(old, window_sums=None)
+  assert LoopState.from_json(json.loads(json.dumps(loop.to_json()))) == loop
+  assert LoopState().to_json() == {
+      "epoch": 0, "step_in_epoch": 0, "best": None, "best_epoch": -1,
+      "epoch_sums": None, "window_sums": None, "entropy_history": [],
+      "finished": False}
+  with pytest.raises(ValueError, match=r"unknown field\(s\) \['bogus'\]"):
+    LoopState.from_json(dict(old, bogus=1))
+
+
 def test_kill_pmap_run_mid_epoch_then_resume_gives_the_same_s(tmp_path, shared_data):
   """Under pmap each replica holds the OLS sums of its own rows; a mid-epoch
   checkpoint keeps all of them, so the resumed S equals the uninterrupted one."""
@@ -272,12 +294,11 @@ def _all_finite(tree) -> bool:
              if np.issubdtype(np.asarray(x).dtype, np.inexact))
 
 
-def test_nan_stops_run_and_last_good_checkpoint_resumes(tmp_path, capsys,
-                                                        monkeypatch, shared_data):
+def test_nan_stops_run_and_last_good_checkpoint_resumes(tmp_path, capsys, shared_data):
   shared_data("chest_ct")
   workdir = tmp_path / "run"
-  monkeypatch.setenv(NAN_ENV_VAR, "9")
-  line = _cli_error(capsys, _smoke_config(num_epochs=1, learning_rate=9.9), workdir)
+  line = _cli_error(capsys, _smoke_config(num_epochs=1, learning_rate=9.9), workdir,
+                    hooks=fault_entry.FaultHooks(nan_at_step=9))
   assert line == ("error: non-finite loss or gradient norm at step 9 (epoch 1, "
                   "detected at step 10); nothing after the last good checkpoint "
                   "was saved: lower the learning rate and rerun with "
@@ -288,7 +309,6 @@ def test_nan_stops_run_and_last_good_checkpoint_resumes(tmp_path, capsys,
   assert _all_finite(state) and meta["step_in_epoch"] == 7
   assert [r["step"] for r in read_metrics(workdir / "metrics.jsonl")] == [5]
 
-  monkeypatch.delenv(NAN_ENV_VAR)
   sane = _smoke_config(num_epochs=1, learning_rate=0.05)
   line = _cli_error(capsys, sane, workdir)
   assert "learning_rate (9.9 -> 0.05)" in line
@@ -297,6 +317,44 @@ def test_nan_stops_run_and_last_good_checkpoint_resumes(tmp_path, capsys,
   assert summary["final_step"] == 15
   assert np.isfinite(summary["test"]["nll"])
   assert json.loads((workdir / "config.json").read_text())["learning_rate"] == 0.05
+
+
+class _RecordingHooks(hooks_lib.Hooks):
+  """Records each call with what the workdir holds at that moment."""
+
+  def __init__(self, workdir):
+    self.workdir = workdir
+    self.calls = []
+
+  def batch(self, global_step, batch):
+    self.calls.append(("batch", global_step, batch["image"].shape))
+    return batch
+
+  def after_step(self, global_step):
+    self.calls.append(("after_step", global_step,
+                       _steps(self.workdir / "checkpoints" / "last")[-1:]))
+
+  def at_epoch_end(self, epoch):
+    self.calls.append(("at_epoch_end", epoch, _steps(self.workdir / "checkpoints" / "last"),
+                       read_metrics(self.workdir / "metrics.jsonl")[-1]["step"]))
+
+  def before_final_write(self):
+    self.calls.append(("before_final_write", (self.workdir / "report.md").exists(),
+                       (self.workdir / "results.json").exists()))
+
+
+def test_hooks_are_called_at_the_named_points(tmp_path, shared_data):
+  shared_data("chest_ct")
+  workdir = tmp_path / "run"
+  hooks = _RecordingHooks(workdir)
+  train.train_and_evaluate(_smoke_config(num_epochs=1), workdir, hooks=hooks)
+  want = []
+  for step in range(1, 16):  # checkpoints after steps 7 and 14
+    want += [("batch", step, (32, 28, 28, 1)),
+             ("after_step", step, [7] if 7 <= step < 14 else [14] if step >= 14 else [])]
+  want += [("at_epoch_end", 1, [7, 14], 15),  # logged, its checkpoint not yet written
+           ("before_final_write", True, False)]
+  assert hooks.calls == want
 
 
 def test_checkpointer_refuses_non_finite_state(tmp_path):

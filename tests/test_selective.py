@@ -92,24 +92,29 @@ def test_threshold_edge_cases():
     selective.aurc(np.zeros(0), np.zeros(0, bool))
 
 
-def test_summarize_uses_temperature_scaled_val_confidences():
+def test_abstention_threshold_is_chosen_on_val_and_applied_to_test():
   rng = np.random.default_rng(0)
   val_logits = rng.normal(size=(300, 4)) * 3
   val_labels = np.where(rng.random(300) < 0.7, np.argmax(val_logits, 1), rng.integers(0, 4, 300))
   test_logits = rng.normal(size=(200, 4)) * 3
   test_labels = rng.integers(0, 4, 200)
-  out = selective.summarize(val_logits, val_labels, test_logits, test_labels,
-                            temperature=2.0, target_accuracy=0.9)
-  sel = out["selective"]
   conf, ok = selective.confidence_and_correct(
       selective.probabilities(val_logits, 2.0), val_labels)
+  test_conf, test_ok = selective.confidence_and_correct(
+      selective.probabilities(test_logits, 2.0), test_labels)
+  sel = selective.abstention(conf, ok, test_conf, test_ok, temperature=2.0,
+                             target_accuracy=0.9)
   assert sel["threshold"] == selective.select_threshold(conf, ok, 0.9)
-  assert sel["val_accuracy"] >= 0.9
+  assert sel["val_accuracy"] >= 0.9 and sel["temperature"] == 2.0
   assert (sel["val_coverage"], sel["val_accuracy"]) == selective.accepted_stats(
       conf, ok, sel["threshold"])
+  assert (sel["test_coverage"], sel["test_accuracy"]) == selective.accepted_stats(
+      test_conf, test_ok, sel["threshold"])
   raw_conf, raw_ok = selective.confidence_and_correct(
       selective.probabilities(test_logits), test_labels)
-  assert out["aurc"]["test"] == pytest.approx(_reference_aurc(raw_conf, raw_ok))
+  area = selective.curve_area(selective.risk_coverage_curve(raw_conf, raw_ok))
+  assert area == selective.aurc(raw_conf, raw_ok)
+  assert area == pytest.approx(_reference_aurc(raw_conf, raw_ok))
 
 
 def test_risk_coverage_figure(tmp_path):

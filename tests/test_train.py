@@ -30,6 +30,16 @@ def smoke_config(**overrides):
   return c
 
 
+def test_make_model_passes_the_options_each_model_uses():
+  resnet = train.make_model(smoke_config(model="resnet18", dropout_rate=0.3,
+                                         zero_init_residual=True), 4, bn_axis_name="d")
+  assert (resnet.dropout_rate, resnet.zero_init_residual, resnet.bn_axis_name) == (
+      0.3, True, "d")
+  vgg = train.make_model(smoke_config(model="vgg19", zero_init_residual=True), 4,
+                         bn_axis_name="d")
+  assert (vgg.dropout_rate, vgg.zero_init_residual, vgg.bn_axis_name) == (0.5, False, None)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, request):
   from conftest import require_dataset  # pylint: disable=import-outside-toplevel

@@ -55,6 +55,21 @@ OPTION_NAMES = ('small_input', 'width_multiplier', 'dropout_rate', 'dtype',
                 'bn_axis_name', 'zero_init_residual', 'bn_momentum',
                 'bn_epsilon')
 
+_SHARED_OPTIONS = ('small_input', 'width_multiplier', 'dropout_rate', 'dtype')
+_BN_OPTIONS = ('bn_axis_name', 'bn_momentum', 'bn_epsilon')
+_RESIDUAL_OPTIONS = _SHARED_OPTIONS + _BN_OPTIONS + ('zero_init_residual',)
+
+# The options that change each model (the rest of OPTION_NAMES it ignores).
+_USED_OPTIONS: Dict[str, tuple] = {
+    'resnet18': _RESIDUAL_OPTIONS,
+    'resnet34': _RESIDUAL_OPTIONS,
+    'resnet50': _RESIDUAL_OPTIONS,
+    'mobilenet_v2': _RESIDUAL_OPTIONS,
+    'vgg19': _SHARED_OPTIONS,
+    'vgg19_bn': _SHARED_OPTIONS + _BN_OPTIONS,
+    'tiny_cnn': _SHARED_OPTIONS + _BN_OPTIONS,
+}
+
 # Canonical trainable parameter counts (224 px, 3 channels, 1000 classes),
 # equal to torchvision's.
 CANONICAL_PARAM_COUNTS = {
@@ -92,6 +107,33 @@ def _check_options(name: str, options: Dict[str, Any]) -> None:
                      f'{options["bn_momentum"]}')
 
 
+def _canonical(name: str) -> str:
+  """The registry key of a model name; ValueError listing valid names."""
+  key = _ALIASES.get(_normalise(name))
+  if key is None:
+    raise ValueError(
+        f'unknown model {name!r}; valid names: {", ".join(MODEL_NAMES)}')
+  return key
+
+
+def used_options(name: str) -> tuple:
+  """The options of ``OPTION_NAMES`` that change model ``name``.
+
+  ``create`` accepts every option for every model; the others are ignored
+  (e.g. ``zero_init_residual`` for a model without residual blocks).
+
+  Args:
+    name: one of ``MODEL_NAMES`` (case, ``-`` and ``_`` are ignored).
+
+  Returns:
+    A tuple of option names.
+
+  Raises:
+    ValueError: unknown ``name``.
+  """
+  return _USED_OPTIONS[_canonical(name)]
+
+
 def create(name: str, num_classes: int, **options) -> nn.Module:
   """Builds a model of the zoo.
 
@@ -110,10 +152,7 @@ def create(name: str, num_classes: int, **options) -> nn.Module:
       value.
     UnknownOptionError: an unknown option (a ``TypeError`` and ``ValueError``).
   """
-  key = _ALIASES.get(_normalise(name))
-  if key is None:
-    raise ValueError(
-        f'unknown model {name!r}; valid names: {", ".join(MODEL_NAMES)}')
+  key = _canonical(name)
   if isinstance(num_classes, bool) or int(num_classes) != num_classes or (
       num_classes < 1):
     raise ValueError(f'num_classes must be a positive int, got {num_classes}')
@@ -139,5 +178,5 @@ __all__ = [
     'MODEL_NAMES',
     'MobileNetV2', 'OPTION_NAMES', 'ResNet', 'TinyCNN', 'UnknownOptionError',
     'VGG', 'common', 'count_params', 'create', 'mobilenet_v2', 'resnet18',
-    'resnet34', 'resnet50', 'tiny_cnn', 'vgg19', 'vgg19_bn',
+    'resnet34', 'resnet50', 'tiny_cnn', 'used_options', 'vgg19', 'vgg19_bn',
 ]

@@ -1,0 +1,200 @@
+"""Evaluation: a split through the eval step, and a run's final evaluation.
+
+:func:`evaluate` runs the compiled eval step over a split (validation after
+every epoch, val and test once at the end). :func:`final` evaluates the
+selected checkpoint and computes every number of ``results.json`` once: per
+split and temperature one pass of :func:`score` over the per-example logits
+gives the metrics, the reliability curve and the risk-coverage curve
+together. :mod:`ols_jax.report` only renders the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ols_jax import calibration
+from ols_jax import data as data_lib
+from ols_jax import embeddings as embeddings_lib
+from ols_jax import metrics as metrics_lib
+from ols_jax import parallel
+from ols_jax import selective
+
+
+def evaluate(dp: parallel.DataParallel, state, source, config, *, with_outputs: bool,
+             channels: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """Runs the eval step over a whole split.
+
+  Args:
+    dp: the run's compiled steps.
+    state: the device-side TrainState.
+    source: the split's data source.
+    config: the run config (``eval_batch_size``, ``image_size``,
+      ``num_workers``).
+    with_outputs: also gather the per-example outputs.
+    channels: image channels.
+
+  Returns:
+    ``(metrics, outputs)``: finalised metrics, and ``outputs`` with the summed
+    ``sums`` (:func:`ols_jax.metrics.eval_sums`) and, if requested,
+    per-example ``logits``, ``embedding`` and ``label`` (padding removed;
+    every process's rows, on every process).
+  """
+  it = data_lib.eval_iterator(
+      source, global_batch_size=config.eval_batch_size,
+      image_size=config.image_size, channels=channels,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_workers=config.num_workers)
+  total = None
+  logits, embs, labels = [], [], []
+  for batch in it:
+    host_labels, host_mask = batch["label"], batch["mask"]
+    sums, out = dp.evaluate(state, batch, with_outputs=with_outputs)
+    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    if with_outputs:  # every process's rows, in order (outputs are already global).
+      host_labels, host_mask = parallel.global_rows((host_labels, host_mask))
+      keep = host_mask > 0
+      logits.append(np.asarray(jax.device_get(out["logits"]))[keep])
+      embs.append(np.asarray(jax.device_get(out["embedding"]))[keep])
+      labels.append(host_labels[keep])
+  it.close()
+  host_total = jax.device_get(total)
+  result = metrics_lib.finalize(host_total)
+  outputs = {"sums": host_total}
+  if with_outputs:
+    outputs.update(logits=np.concatenate(logits), embedding=np.concatenate(embs),
+                   label=np.concatenate(labels).astype(np.int64))
+  return result, outputs
+
+
+_eval_sums = jax.jit(metrics_lib.eval_sums, static_argnames="num_bins")
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+  """One split's per-example outputs at one temperature, scored.
+
+  Attributes:
+    metrics: every metric (:func:`ols_jax.metrics.finalize`, adaptive ECE,
+      macro AUROC, AURC) as floats.
+    confidence: ``(N,)`` top-label probabilities.
+    correct: ``(N,)`` whether each argmax is the label.
+    reliability: the reliability curve (:func:`ols_jax.metrics.reliability_curve`).
+    risk_coverage: the risk-coverage curve (:func:`ols_jax.selective.risk_coverage_curve`).
+  """
+  metrics: dict[str, float]
+  confidence: np.ndarray
+  correct: np.ndarray
+  reliability: dict[str, Any]
+  risk_coverage: dict[str, np.ndarray]
+
+
+def score(logits: np.ndarray, labels: np.ndarray, *, num_bins: int,
+          temperature: float = 1.0) -> Score:
+  """Every metric and curve of per-example logits divided by ``temperature``.
+
+  Args:
+    logits: ``(N, K)`` logits.
+    labels: ``(N,)`` integer labels.
+    num_bins: confidence bins of the calibration metrics.
+    temperature: ``T > 0``.
+
+  Returns:
+    The :class:`Score`; the softmax and the metric sums are computed once.
+  """
+  scaled = calibration.apply_temperature(logits, temperature)
+  sums = jax.device_get(_eval_sums(jnp.asarray(scaled), jnp.asarray(labels),
+                                   jnp.ones(len(labels), jnp.float32), num_bins=num_bins))
+  probs = np.asarray(jax.nn.softmax(jnp.asarray(scaled, jnp.float32), axis=-1))
+  confidence, correct = selective.confidence_and_correct(probs, labels)
+  risk_coverage = selective.risk_coverage_curve(confidence, correct)
+  metrics = metrics_lib.finalize(sums)
+  metrics.update(metrics_lib.host_metrics(probs, labels, num_bins=num_bins))
+  metrics["aurc"] = selective.curve_area(risk_coverage)
+  return Score(metrics={k: float(v) for k, v in metrics.items()},
+               confidence=confidence, correct=correct, reliability=metrics_lib.reliability_curve(sums),
+               risk_coverage=risk_coverage)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalEvaluation:
+  """The selected checkpoint's final evaluation, and what the report draws.
+
+  Attributes:
+    summary: the JSON-ready dict written to ``results.json``.
+    val_outputs: validation ``logits`` and ``label`` (kept for new
+      abstention thresholds).
+    test_outputs: test ``logits``, ``embedding`` and ``label``.
+    risk_coverage: the test risk-coverage curves, raw (``test``) and
+      temperature-scaled (``test_ts``).
+    soft_labels: S after the last epoch (its heat map), or None.
+  """
+  summary: dict[str, Any]
+  val_outputs: dict[str, np.ndarray]
+  test_outputs: dict[str, np.ndarray]
+  risk_coverage: dict[str, dict[str, np.ndarray]]
+  soft_labels: Optional[np.ndarray]
+
+
+def final(dp: parallel.DataParallel, state, splits, config, *, run_fields: dict[str, Any],
+          start_time: float, soft_labels: Optional[np.ndarray]) -> FinalEvaluation:
+  """Evaluates the selected state on val and test, once, into the run's summary.
+
+  Fits the temperature on val; scores val raw, test raw and test
+  temperature-scaled (:func:`score`); chooses the abstention threshold on
+  temperature-scaled val confidences; measures the test embeddings.
+
+  Args:
+    dp: the run's compiled steps.
+    state: the selected (best-validation) TrainState, on device.
+    splits: the dataset's splits (``val`` and ``test`` are used).
+    config: the run config (``num_bins``, ``seed``, ``target_accuracy``,
+      ``channels`` and the evaluation input settings).
+    run_fields: what describes the run (dataset, model, steps, devices, ...),
+      copied into the summary first.
+    start_time: ``time.time()`` at the run's start (for ``wall_time_s``).
+    soft_labels: S after the last epoch, or None.
+
+  Returns:
+    The :class:`FinalEvaluation`.
+  """
+  _, val_out = evaluate(dp, state, splits["val"], config, with_outputs=True,
+                        channels=config.channels)
+  temperature = calibration.fit_temperature(val_out["logits"], val_out["label"])
+  _, test_out = evaluate(dp, state, splits["test"], config, with_outputs=True,
+                         channels=config.channels)
+  val = score(val_out["logits"], val_out["label"], num_bins=config.num_bins)
+  test = score(test_out["logits"], test_out["label"], num_bins=config.num_bins)
+  test_ts = score(test_out["logits"], test_out["label"], num_bins=config.num_bins,
+                  temperature=temperature)
+  val_ts_confidence, val_ts_correct = selective.confidence_and_correct(
+      selective.probabilities(val_out["logits"], temperature), val_out["label"])
+  summary = dict(run_fields)
+  summary.update({
+      "wall_time_s": time.time() - start_time,
+      "temperature": float(temperature),
+      "val": val.metrics, "test": test.metrics, "test_ts": test_ts.metrics,
+      "embedding": embeddings_lib.embedding_metrics(
+          test_out["embedding"], test_out["label"], seed=config.seed),
+      "test_reliability": _json_ready(test.reliability),
+      "test_ts_reliability": _json_ready(test_ts.reliability),
+      "selective": selective.abstention(
+          val_ts_confidence, val_ts_correct, test_ts.confidence, test_ts.correct,
+          temperature=temperature, target_accuracy=config.target_accuracy),
+  })
+  return FinalEvaluation(
+      summary=summary,
+      val_outputs={"logits": val_out["logits"], "label": val_out["label"]},
+      test_outputs={k: test_out[k] for k in ("logits", "embedding", "label")},
+      risk_coverage={"test": test.risk_coverage, "test_ts": test_ts.risk_coverage},
+      soft_labels=soft_labels)
+
+
+def _json_ready(curve: dict[str, Any]) -> dict[str, Any]:
+  """A reliability curve with lists for arrays and floats for scalars."""
+  return {k: (np.asarray(v).tolist() if np.ndim(v) else float(v)) for k, v in curve.items()}

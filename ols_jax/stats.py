@@ -8,7 +8,7 @@ their mean (with n = 3 seeds the t quantile is 4.30: wide, by design).
 
 Per-example records (:func:`example_records`) are what the metrics need:
 correctness, top-label confidence and log-probability of the true class, raw
-and after temperature scaling.
+and after temperature scaling (AURC from confidence and correctness).
 
 References:
   Efron & Tibshirani, "An Introduction to the Bootstrap", 1993 (percentile
@@ -24,7 +24,7 @@ import numpy as np
 
 from ols_jax import metrics as metrics_lib
 
-METRICS = ("top1_error", "ece", "nll", "ece_ts", "nll_ts")
+METRICS = ("top1_error", "ece", "nll", "ece_ts", "nll_ts", "aurc", "aurc_ts")
 
 
 def example_records(logits: np.ndarray, labels: np.ndarray,
@@ -71,6 +71,9 @@ def metric(records: Mapping[str, np.ndarray], name: str,
     return ece(r["conf" + name[3:]], r["correct"])
   if name in ("nll", "nll_ts"):
     return float(-r["logp" + name[3:]].mean())
+  if name in ("aurc", "aurc_ts"):
+    from ols_jax import selective  # pylint: disable=import-outside-toplevel
+    return selective.aurc(r["conf" + name[4:]], r["correct"])
   raise ValueError(f"metric: expected one of {METRICS}, got {name!r}")
 
 

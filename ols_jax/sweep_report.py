@@ -28,7 +28,8 @@ TABLE = (("top1_error", "test", "Top-1 err %", 100), ("top5_error", "test", "Top
          ("nll", "test_ts", "NLL after TS", 1))
 COMPARED = (("top1_error", "top-1 error (points)", 100), ("ece", "ECE (points)", 100),
             ("ece_ts", "ECE after TS (points)", 100), ("nll", "NLL", 1),
-            ("nll_ts", "NLL after TS", 1))
+            ("nll_ts", "NLL after TS", 1), ("aurc", "AURC (x100)", 100),
+            ("aurc_ts", "AURC after TS (x100)", 100))
 
 
 def load_run(folder: pathlib.Path, model: str, run: str, seed: int) -> Optional[dict]:
@@ -65,6 +66,11 @@ def _final_train_accuracy(run: dict) -> float:
   return float(recs[-1]["train/accuracy"]) if recs else float("nan")
 
 
+def _aurc_ts(run: dict) -> float:
+  rec = run.get("records")
+  return stats.metric(rec, "aurc_ts") if rec is not None else float("nan")
+
+
 def _pm(values: Sequence[float], scale: float, digits: int = 2) -> str:
   x = scale * np.asarray(values, np.float64)
   if len(x) == 1:
@@ -97,7 +103,7 @@ def selection_table(sweep: sweep_lib.Sweep, folder: pathlib.Path) -> str:
 
 def arm_table(kept: dict[str, dict[int, dict]]) -> str:
   head = ("| arm | kept run | seeds | " + " | ".join(t[2] for t in TABLE)
-          + " | T | final train acc % |")
+          + " | AURC after TS (x100) | T | final train acc % |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for arm, runs in kept.items():
     if not runs:
@@ -107,6 +113,7 @@ def arm_table(kept: dict[str, dict[int, dict]]) -> str:
              for key, split, _, scale in TABLE]
     lines.append(f"| {arm} | {rs[0].get('folder', '')} | {','.join(str(s) for s in sorted(runs))} | "
                  + " | ".join(cells)
+                 + f" | {_pm([_aurc_ts(r) for r in rs], 100, 2)}"
                  + f" | {_pm([r['temperature'] for r in rs], 1, 2)} | "
                  f"{_pm([_final_train_accuracy(r) for r in rs], 100, 1)} |")
   return "\n".join(lines)

@@ -85,3 +85,13 @@ def test_compare_arms_structure():
   assert set(res["ece"]["per_seed"]) == {0, 1}
   assert res["ece"]["over_seeds"].estimate == 0.0
   assert res["ece"]["over_seeds"].format(100) == "+0.00 [+0.00, +0.00]"
+
+
+def test_aurc_metric_matches_selective():
+  from ols_jax import selective  # pylint: disable=import-outside-toplevel
+  logits, labels = _logits(n=300)
+  rec = stats.example_records(logits, labels, 2.0)
+  np.testing.assert_allclose(stats.metric(rec, "aurc"),
+                             selective.aurc(rec["conf"], rec["correct"]))
+  np.testing.assert_allclose(stats.metric(rec, "aurc_ts"),
+                             selective.aurc(rec["conf_ts"], rec["correct"]))

@@ -1,27 +1,23 @@
-"""Grids of runs (methods x models x seeds, OLS alpha / init ablations) and
-their aggregation into mean ± std tables, paired comparisons and figures."""
+"""Aggregation of a study's runs: mean ± std tables over seeds, paired
+comparisons, the cross-study overview and the ablation figures.
+
+Running the grid is :mod:`ols_jax.grid_runner`; collected studies under
+``docs/results`` are read and restored by :mod:`ols_jax.collected`.
+"""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
-import os
 import pathlib
-import shutil
-import subprocess
-import sys
-import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from ols_jax import plots
 
-ENTRY_POINT = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "radimagenet.py"
-
-# (key, header, scale, lower is better)
+# (key, header, scale)
 COLUMNS = (
     ("top1_error", "Top-1 err %", 100.0),
     ("top5_error", "Top-5 err %", 100.0),
@@ -35,128 +31,6 @@ COLUMNS = (
 HIGHER_IS_BETTER = frozenset({"auroc_macro"})
 EMBEDDING_COLUMNS = (("silhouette", "silhouette"), ("knn_accuracy", "5-NN acc"),
                      ("intra_inter_ratio", "intra/inter"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-  """One run of the grid."""
-  model: str
-  method: str
-  seed: int
-  overrides: tuple[tuple[str, str], ...] = ()
-  tag: str = ""           # variant name, e.g. 'alpha0.3' or 'init_zeros'.
-
-  @property
-  def variant(self) -> str:
-    return self.method + (f"[{self.tag}]" if self.tag else "")
-
-  @property
-  def folder(self) -> str:
-    """The run folder's name under ``<out>/<model>/`` (seeds below it)."""
-    return self.method + (f"_{self.tag}" if self.tag else "")
-
-  def workdir(self, out: pathlib.Path) -> pathlib.Path:
-    return out / self.model / self.folder / f"seed{self.seed}"
-
-
-def grid(models: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-         alphas: Sequence[float] = (), ols_inits: Sequence[str] = ()) -> list[Cell]:
-  """The cells of a study; ``ce`` cells come first (they are KD teachers)."""
-  order = sorted(methods, key=lambda m: (m != "ce", m == "kd"))
-  cells = [Cell(m, meth, s) for s in seeds for m in models for meth in order]
-  for s in seeds:
-    for m in models:
-      for a in alphas:
-        cells.append(Cell(m, "ols", s, (("alpha", repr(float(a))),), f"alpha{a:g}"))
-      for init in ols_inits:
-        cells.append(Cell(m, "ols", s, (("ols_init", init),), f"init_{init}"))
-  return cells
-
-
-def command(cell: Cell, config_path: str, out: pathlib.Path,
-            extra: Sequence[str] = (), teacher_model: Optional[str] = None) -> list[str]:
-  """The entry-point command line of one cell."""
-  args = [sys.executable, str(ENTRY_POINT), f"--config={config_path}",
-          f"--workdir={cell.workdir(out)}", f"--config.model={cell.model}",
-          f"--config.method={cell.method}", f"--config.seed={cell.seed}",
-          "--config.progress=False"]
-  args += [f"--config.{k}={v}" for k, v in cell.overrides]
-  if cell.method == "kd":
-    teacher = Cell(teacher_model or cell.model, "ce", cell.seed)
-    args.append(f"--config.teacher_workdir={teacher.workdir(out)}")
-  return args + list(extra)
-
-
-def run_grid(cells: Sequence[Cell], config_path: str, out: pathlib.Path, *,
-             extra: Sequence[str] = (), jobs: int = 1,
-             teacher_model: Optional[str] = None, threads_per_job: int = 0,
-             log=print) -> list[Cell]:
-  """Runs every cell without ``results.json`` (sequentially or ``jobs`` at a
-  time); KD cells wait for their CE teacher. Returns the failed cells."""
-  pending = [c for c in cells if not (c.workdir(out) / "results.json").exists()]
-  log(f"{len(cells) - len(pending)} of {len(cells)} cells already done; "
-      f"{len(pending)} to run with {jobs} parallel job(s)")
-  running: list[tuple[Cell, subprocess.Popen, float, Any]] = []
-  failed: list[Cell] = []
-  done = len(cells) - len(pending)
-  env = dict(os.environ)
-  if threads_per_job == 1:  # one thread per run: XLA's Eigen thread pool off
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        " --xla_cpu_multi_thread_eigen=false").strip()
-  elif threads_per_job > 1:  # one host device (one convolution thread) per core
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        f" --xla_force_host_platform_device_count={threads_per_job}").strip()
-
-  def teacher_ready(c: Cell) -> bool:
-    if c.method != "kd":
-      return True
-    t = Cell(teacher_model or c.model, "ce", c.seed)
-    return (t.workdir(out) / "results.json").exists()
-
-  def teacher_failed(c: Cell) -> bool:
-    t = Cell(teacher_model or c.model, "ce", c.seed)
-    return c.method == "kd" and t in failed
-
-  while pending or running:
-    for c in [c for c in pending if teacher_failed(c)]:
-      pending.remove(c)
-      failed.append(c)
-      log(f"skip {c.variant} {c.model} seed {c.seed}: its CE teacher failed")
-    while len(running) < jobs:
-      ready = [c for c in pending if teacher_ready(c)]
-      if not ready:
-        break
-      c = ready[0]
-      pending.remove(c)
-      c.workdir(out).mkdir(parents=True, exist_ok=True)
-      logf = open(c.workdir(out) / "stdout.log", "a", encoding="utf-8")
-      proc = subprocess.Popen(command(c, config_path, out, extra, teacher_model),
-                              stdout=logf, stderr=subprocess.STDOUT, env=env)
-      running.append((c, proc, time.time(), logf))
-    time.sleep(0.5)
-    for item in list(running):
-      c, proc, t0, logf = item
-      if proc.poll() is None:
-        continue
-      running.remove(item)
-      logf.close()
-      done += 1
-      status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
-      if proc.returncode != 0:
-        failed.append(c)
-      log(f"[{done}/{len(cells)}] {c.variant} {c.model} seed {c.seed}: {status} "
-          f"in {time.time() - t0:.0f} s -> {c.workdir(out)}")
-    if not running and pending and not any(teacher_ready(c) for c in pending):
-      for c in pending:
-        failed.append(c)
-        log(f"skip {c.variant} {c.model} seed {c.seed}: no CE teacher results")
-      pending = []
-  return failed
-
-
-# ----------------------------------------------------------------------------
-# Aggregation.
-# ----------------------------------------------------------------------------
 
 
 def load_results(out: pathlib.Path) -> list[dict[str, Any]]:
@@ -391,51 +265,6 @@ def ablation_figures(folder: pathlib.Path, dest: pathlib.Path) -> list[str]:
 
 
 BASELINES = ("ce", "ls", "tfkd", "kd")
-
-
-def load_collected(folder: pathlib.Path) -> list[dict[str, Any]]:
-  """Per-run results collected under ``docs/results/<study>`` (the
-  ``<model>/<variant>/seed<k>.json`` files that ``collect_results`` writes)."""
-  rows = []
-  for path in sorted(pathlib.Path(folder).glob("*/*/seed*.json")):
-    r = json.loads(path.read_text())
-    r["variant"] = path.parent.name
-    rows.append(r)
-  return rows
-
-
-def restore_collected(folder: pathlib.Path, out: pathlib.Path) -> int:
-  """Puts a collected study back into run-folder form, so a study can be
-  extended on a machine whose ``runs/`` is gone: every
-  ``<model>/<variant>/seed<k>.json`` under ``folder`` becomes
-  ``out/<model>/<variant>/seed<k>/results.json`` (plus, for seed 0, the
-  collected ``report.md`` and figures), and ``summary.md`` keeps the title.
-  ``run_grid`` then skips these cells. Existing run folders are never
-  overwritten. KD cells whose CE teacher must be retrained still need the
-  teacher's checkpoints, which are not collected.
-
-  Returns:
-    The number of runs restored.
-  """
-  folder, out = pathlib.Path(folder), pathlib.Path(out)
-  restored = 0
-  for path in sorted(folder.glob("*/*/seed*.json")):
-    run = out / path.parent.parent.name / path.parent.name / path.stem
-    if (run / "results.json").exists():
-      continue
-    run.mkdir(parents=True, exist_ok=True)
-    if path.stem == "seed0":
-      if (path.parent / "report.md").exists():
-        shutil.copy2(path.parent / "report.md", run / "report.md")
-      if (path.parent / "figures").is_dir():
-        shutil.copytree(path.parent / "figures", run / "figures", dirs_exist_ok=True)
-    tmp = run / "results.json.tmp"
-    shutil.copy2(path, tmp)
-    os.replace(tmp, run / "results.json")
-    restored += 1
-  if (folder / "summary.md").exists() and not (out / "summary.md").exists():
-    shutil.copy2(folder / "summary.md", out / "summary.md")
-  return restored
 
 
 def overview_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

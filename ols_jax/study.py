@@ -17,17 +17,23 @@ import numpy as np
 
 from ols_jax import plots
 
-# (key, header, scale)
-COLUMNS = (
-    ("top1_error", "Top-1 err %", 100.0),
-    ("top5_error", "Top-5 err %", 100.0),
-    ("ece", "ECE %", 100.0),
-    ("adaptive_ece", "adaptive ECE %", 100.0),
-    ("calibration_gap", "conf-acc %", 100.0),
-    ("nll", "NLL", 1.0),
-    ("brier", "Brier", 1.0),
-    ("auroc_macro", "AUROC", 1.0),
+# Every metric column of the tables: (key, header in a run's report.md,
+# header in the study tables or None when they leave it out, scale).
+# ols_jax/report.py takes its TABLE_METRICS from here.
+METRIC_COLUMNS = (
+    ("top1_error", "Top-1 err (%)", "Top-1 err %", 100.0),
+    ("top5_error", "Top-5 err (%)", "Top-5 err %", 100.0),
+    ("ece", "ECE (%)", "ECE %", 100.0),
+    ("adaptive_ece", "adaptive ECE (%)", "adaptive ECE %", 100.0),
+    ("classwise_ece", "classwise ECE (%)", None, 100.0),
+    ("mce", "MCE (%)", None, 100.0),
+    ("calibration_gap", "conf - acc (%)", "conf-acc %", 100.0),
+    ("nll", "NLL", "NLL", 1.0),
+    ("brier", "Brier", "Brier", 1.0),
+    ("auroc_macro", "AUROC (macro)", "AUROC", 1.0),
 )
+# (key, header, scale) of the study tables.
+COLUMNS = tuple((k, h, s) for k, _, h, s in METRIC_COLUMNS if h is not None)
 HIGHER_IS_BETTER = frozenset({"auroc_macro"})
 EMBEDDING_COLUMNS = (("silhouette", "silhouette"), ("knn_accuracy", "5-NN acc"),
                      ("intra_inter_ratio", "intra/inter"))

@@ -214,9 +214,6 @@ def ablation_figures(folder: pathlib.Path, dest: pathlib.Path) -> list[str]:
   """Draws the OLS alpha curve (test ECE and top-1 error vs alpha) when the
   study holds alpha variants, and the mean S row entropy per epoch of every
   OLS run. Returns the file names written."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   rows = load_results(folder)
   made = []
   ols_rows = [r for r in rows if r["method"] == "ols"]
@@ -226,46 +223,11 @@ def ablation_figures(folder: pathlib.Path, dest: pathlib.Path) -> list[str]:
       a = 0.5 if r["variant"] == "ols" else float(r["variant"][len("ols_alpha"):])
       by_alpha.setdefault(a, []).append(r)
   if len(by_alpha) > 1:
-    fig = Figure(figsize=(8, 3.2))
-    for i, (key, label) in enumerate((("ece", "test ECE (%)"),
-                                      ("top1_error", "test top-1 error (%)"))):
-      ax = fig.add_subplot(1, 2, i + 1)
-      alphas = sorted(by_alpha)
-      for split, style in (("test", "o-"), ("test_ts", "s--")):
-        means = [100 * np.mean([r[split][key] for r in by_alpha[a]]) for a in alphas]
-        line, = ax.plot(alphas, means, style,
-                        label="after TS" if split == "test_ts" else "raw")
-        for a in alphas:
-          ax.scatter([a] * len(by_alpha[a]), [100 * r[split][key] for r in by_alpha[a]],
-                     s=10, alpha=0.35, color=line.get_color())
-      ax.set_xlabel("alpha (weight of the hard-label term)")
-      ax.set_ylabel(label)
-      ax.grid(alpha=0.3)
-      ax.legend(fontsize=8)
-    fig.suptitle("OLS alpha sweep (dots: single seeds)")
-    fig.tight_layout()
-    fig.savefig(dest / "alpha_curve.png", dpi=120)
+    plots.alpha_curve(by_alpha, dest / "alpha_curve.png")
     made.append("alpha_curve.png")
   curves = s_entropy_curves(ols_rows)
   if curves:
-    fig = Figure(figsize=(6, 3.6))
-    ax = fig.add_subplot(1, 1, 1)
-    colors = {}
-    one_model = len({m for m, _, _ in curves}) == 1
-    for (model, variant, seed), ent in curves.items():
-      color = colors.setdefault((model, variant), f"C{len(colors) % 10}")
-      label = f"{variant} seed {seed}" if one_model else f"{model} {variant} seed {seed}"
-      ax.plot(np.arange(1, len(ent) + 1), ent, marker=".", color=color,
-              ls=("-", "--", ":", "-.")[seed % 4], label=label)
-    k = rows[0]["num_classes"]
-    ax.axhline(np.log(k), color="gray", ls=":", label=f"uniform (log {k})")
-    ax.set_xlabel("epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("mean row entropy of S (nats)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(dest / "s_entropy.png", dpi=120)
+    plots.s_entropy_runs(curves, rows[0]["num_classes"], dest / "s_entropy.png")
     made.append("s_entropy.png")
   return made
 

@@ -15,6 +15,7 @@ import argparse
 import pathlib
 import sys
 
+from ols_jax import grid_runner
 from ols_jax import losses
 from ols_jax import study
 
@@ -56,11 +57,11 @@ def main(argv=None):
   out = pathlib.Path(args.out)
   failed = []
   if not args.summarise_only:
-    cells = study.grid(_list(args.models), methods, _list(args.seeds, int),
+    cells = grid_runner.grid(_list(args.models), methods, _list(args.seeds, int),
                        _list(args.alphas, float), _list(args.ols_inits))
-    failed = study.run_grid(cells, args.config, out, extra=extra, jobs=args.jobs,
-                            teacher_model=args.teacher_model,
-                            threads_per_job=args.threads_per_job)
+    failed = grid_runner.run_grid(cells, args.config, out, extra=extra, jobs=args.jobs,
+                                  teacher_model=args.teacher_model,
+                                  threads_per_job=args.threads_per_job)
   path = study.write_summary(out, args.title)
   print(f"summary: {path}")
   if failed:

@@ -26,14 +26,16 @@ def _figure(**kwargs):
   return Figure(**kwargs)
 
 
-def _save(fig, path, dpi: int = 120) -> str:
+def _save(fig, path, dpi: int = 120, tight: bool = True) -> str:
   """Writes ``fig`` as PNG to ``path`` atomically; returns the path.
 
+  ``tight=False`` keeps the whole canvas (no cropping to the drawn content).
   ``path`` may also be a binary file object (e.g. ``io.BytesIO``, for the
   TensorBoard images); it is then written to directly and returned.
   """
+  bbox = "tight" if tight else None
   if hasattr(path, "write"):
-    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(path, format="png", dpi=dpi, bbox_inches=bbox)
     return path
   path = os.fspath(path)
   folder = os.path.dirname(os.path.abspath(path))
@@ -41,7 +43,7 @@ def _save(fig, path, dpi: int = 120) -> str:
   tmp = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}.png")
   try:
     with open(tmp, "wb") as f:
-      fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
+      fig.savefig(f, format="png", dpi=dpi, bbox_inches=bbox)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -256,6 +258,69 @@ def row_entropy_curve(entropies: np.ndarray, path,
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
   return _save(fig, path)
+
+
+def alpha_curve(by_alpha: Mapping[float, Sequence[Mapping[str, Any]]], path) -> str:
+  """Test ECE and top-1 error against the OLS alpha, raw and after TS.
+
+  Args:
+    by_alpha: alpha -> the ``results.json`` dicts of its runs (one per seed).
+    path: output PNG path.
+
+  Returns:
+    ``path`` as a string.
+  """
+  fig = _figure(figsize=(8, 3.2))
+  alphas = sorted(by_alpha)
+  for i, (key, label) in enumerate((("ece", "test ECE (%)"),
+                                    ("top1_error", "test top-1 error (%)"))):
+    ax = fig.add_subplot(1, 2, i + 1)
+    for split, style in (("test", "o-"), ("test_ts", "s--")):
+      means = [100 * np.mean([r[split][key] for r in by_alpha[a]]) for a in alphas]
+      line, = ax.plot(alphas, means, style,
+                      label="after TS" if split == "test_ts" else "raw")
+      for a in alphas:
+        ax.scatter([a] * len(by_alpha[a]), [100 * r[split][key] for r in by_alpha[a]],
+                   s=10, alpha=0.35, color=line.get_color())
+    ax.set_xlabel("alpha (weight of the hard-label term)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle("OLS alpha sweep (dots: single seeds)")
+  fig.tight_layout()
+  return _save(fig, path, tight=False)
+
+
+def s_entropy_runs(curves: Mapping[tuple[str, str, int], np.ndarray],
+                   num_classes: int, path) -> str:
+  """Mean row entropy of ``S`` per epoch, one line per OLS run.
+
+  Args:
+    curves: ``(model, variant, seed)`` -> per-epoch mean row entropy (nats).
+    num_classes: ``K``; the uniform entropy ``log K`` is drawn for reference.
+    path: output PNG path.
+
+  Returns:
+    ``path`` as a string.
+  """
+  fig = _figure(figsize=(6, 3.6))
+  ax = fig.add_subplot(1, 1, 1)
+  colors = {}
+  one_model = len({m for m, _, _ in curves}) == 1
+  for (model, variant, seed), ent in curves.items():
+    color = colors.setdefault((model, variant), f"C{len(colors) % 10}")
+    label = f"{variant} seed {seed}" if one_model else f"{model} {variant} seed {seed}"
+    ax.plot(np.arange(1, len(ent) + 1), ent, marker=".", color=color,
+            ls=("-", "--", ":", "-.")[seed % 4], label=label)
+  ax.axhline(np.log(num_classes), color="gray", ls=":",
+             label=f"uniform (log {num_classes})")
+  ax.set_xlabel("epoch")
+  ax.xaxis.get_major_locator().set_params(integer=True)
+  ax.set_ylabel("mean row entropy of S (nats)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  return _save(fig, path, tight=False)
 
 
 def risk_coverage(curves: Mapping[str, Mapping[str, Any]], path,

@@ -15,19 +15,10 @@ import numpy as np
 from ols_jax import embeddings as embeddings_lib
 from ols_jax import plots
 from ols_jax.logging_utils import read_metrics
+from ols_jax.study import METRIC_COLUMNS
 
-TABLE_METRICS = (
-    ("top1_error", "Top-1 err (%)", 100.0),
-    ("top5_error", "Top-5 err (%)", 100.0),
-    ("ece", "ECE (%)", 100.0),
-    ("adaptive_ece", "adaptive ECE (%)", 100.0),
-    ("classwise_ece", "classwise ECE (%)", 100.0),
-    ("mce", "MCE (%)", 100.0),
-    ("calibration_gap", "conf - acc (%)", 100.0),
-    ("nll", "NLL", 1.0),
-    ("brier", "Brier", 1.0),
-    ("auroc_macro", "AUROC (macro)", 1.0),
-)
+# (key, header, scale) of the run report's metrics table.
+TABLE_METRICS = tuple((k, h, s) for k, h, _, s in METRIC_COLUMNS)
 
 
 def metrics_table(rows: dict[str, dict[str, float]]) -> str:

@@ -1,162 +1,42 @@
-"""Grids of runs (methods x models x seeds, OLS alpha / init ablations) and
-their aggregation into mean ± std tables, paired comparisons and figures."""
+"""Aggregation of a study's runs: mean ± std tables over seeds, paired
+comparisons, the cross-study overview and the ablation figures.
+
+Running the grid is :mod:`ols_jax.grid_runner`; collected studies under
+``docs/results`` are read and restored by :mod:`ols_jax.collected`.
+"""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
-import os
 import pathlib
-import shutil
-import subprocess
-import sys
-import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from ols_jax import plots
 
-ENTRY_POINT = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "radimagenet.py"
-
-# (key, header, scale, lower is better)
-COLUMNS = (
-    ("top1_error", "Top-1 err %", 100.0),
-    ("top5_error", "Top-5 err %", 100.0),
-    ("ece", "ECE %", 100.0),
-    ("adaptive_ece", "adaptive ECE %", 100.0),
-    ("calibration_gap", "conf-acc %", 100.0),
-    ("nll", "NLL", 1.0),
-    ("brier", "Brier", 1.0),
-    ("auroc_macro", "AUROC", 1.0),
+# Every metric column of the tables: (key, header in a run's report.md,
+# header in the study tables or None when they leave it out, scale).
+# ols_jax/report.py takes its TABLE_METRICS from here.
+METRIC_COLUMNS = (
+    ("top1_error", "Top-1 err (%)", "Top-1 err %", 100.0),
+    ("top5_error", "Top-5 err (%)", "Top-5 err %", 100.0),
+    ("ece", "ECE (%)", "ECE %", 100.0),
+    ("adaptive_ece", "adaptive ECE (%)", "adaptive ECE %", 100.0),
+    ("classwise_ece", "classwise ECE (%)", None, 100.0),
+    ("mce", "MCE (%)", None, 100.0),
+    ("calibration_gap", "conf - acc (%)", "conf-acc %", 100.0),
+    ("nll", "NLL", "NLL", 1.0),
+    ("brier", "Brier", "Brier", 1.0),
+    ("auroc_macro", "AUROC (macro)", "AUROC", 1.0),
 )
+# (key, header, scale) of the study tables.
+COLUMNS = tuple((k, h, s) for k, _, h, s in METRIC_COLUMNS if h is not None)
 HIGHER_IS_BETTER = frozenset({"auroc_macro"})
 EMBEDDING_COLUMNS = (("silhouette", "silhouette"), ("knn_accuracy", "5-NN acc"),
                      ("intra_inter_ratio", "intra/inter"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-  """One run of the grid."""
-  model: str
-  method: str
-  seed: int
-  overrides: tuple[tuple[str, str], ...] = ()
-  tag: str = ""           # variant name, e.g. 'alpha0.3' or 'init_zeros'.
-
-  @property
-  def variant(self) -> str:
-    return self.method + (f"[{self.tag}]" if self.tag else "")
-
-  @property
-  def folder(self) -> str:
-    """The run folder's name under ``<out>/<model>/`` (seeds below it)."""
-    return self.method + (f"_{self.tag}" if self.tag else "")
-
-  def workdir(self, out: pathlib.Path) -> pathlib.Path:
-    return out / self.model / self.folder / f"seed{self.seed}"
-
-
-def grid(models: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-         alphas: Sequence[float] = (), ols_inits: Sequence[str] = ()) -> list[Cell]:
-  """The cells of a study; ``ce`` cells come first (they are KD teachers)."""
-  order = sorted(methods, key=lambda m: (m != "ce", m == "kd"))
-  cells = [Cell(m, meth, s) for s in seeds for m in models for meth in order]
-  for s in seeds:
-    for m in models:
-      for a in alphas:
-        cells.append(Cell(m, "ols", s, (("alpha", repr(float(a))),), f"alpha{a:g}"))
-      for init in ols_inits:
-        cells.append(Cell(m, "ols", s, (("ols_init", init),), f"init_{init}"))
-  return cells
-
-
-def command(cell: Cell, config_path: str, out: pathlib.Path,
-            extra: Sequence[str] = (), teacher_model: Optional[str] = None) -> list[str]:
-  """The entry-point command line of one cell."""
-  args = [sys.executable, str(ENTRY_POINT), f"--config={config_path}",
-          f"--workdir={cell.workdir(out)}", f"--config.model={cell.model}",
-          f"--config.method={cell.method}", f"--config.seed={cell.seed}",
-          "--config.progress=False"]
-  args += [f"--config.{k}={v}" for k, v in cell.overrides]
-  if cell.method == "kd":
-    teacher = Cell(teacher_model or cell.model, "ce", cell.seed)
-    args.append(f"--config.teacher_workdir={teacher.workdir(out)}")
-  return args + list(extra)
-
-
-def run_grid(cells: Sequence[Cell], config_path: str, out: pathlib.Path, *,
-             extra: Sequence[str] = (), jobs: int = 1,
-             teacher_model: Optional[str] = None, threads_per_job: int = 0,
-             log=print) -> list[Cell]:
-  """Runs every cell without ``results.json`` (sequentially or ``jobs`` at a
-  time); KD cells wait for their CE teacher. Returns the failed cells."""
-  pending = [c for c in cells if not (c.workdir(out) / "results.json").exists()]
-  log(f"{len(cells) - len(pending)} of {len(cells)} cells already done; "
-      f"{len(pending)} to run with {jobs} parallel job(s)")
-  running: list[tuple[Cell, subprocess.Popen, float, Any]] = []
-  failed: list[Cell] = []
-  done = len(cells) - len(pending)
-  env = dict(os.environ)
-  if threads_per_job == 1:  # one thread per run: XLA's Eigen thread pool off
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        " --xla_cpu_multi_thread_eigen=false").strip()
-  elif threads_per_job > 1:  # one host device (one convolution thread) per core
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        f" --xla_force_host_platform_device_count={threads_per_job}").strip()
-
-  def teacher_ready(c: Cell) -> bool:
-    if c.method != "kd":
-      return True
-    t = Cell(teacher_model or c.model, "ce", c.seed)
-    return (t.workdir(out) / "results.json").exists()
-
-  def teacher_failed(c: Cell) -> bool:
-    t = Cell(teacher_model or c.model, "ce", c.seed)
-    return c.method == "kd" and t in failed
-
-  while pending or running:
-    for c in [c for c in pending if teacher_failed(c)]:
-      pending.remove(c)
-      failed.append(c)
-      log(f"skip {c.variant} {c.model} seed {c.seed}: its CE teacher failed")
-    while len(running) < jobs:
-      ready = [c for c in pending if teacher_ready(c)]
-      if not ready:
-        break
-      c = ready[0]
-      pending.remove(c)
-      c.workdir(out).mkdir(parents=True, exist_ok=True)
-      logf = open(c.workdir(out) / "stdout.log", "a", encoding="utf-8")
-      proc = subprocess.Popen(command(c, config_path, out, extra, teacher_model),
-                              stdout=logf, stderr=subprocess.STDOUT, env=env)
-      running.append((c, proc, time.time(), logf))
-    time.sleep(0.5)
-    for item in list(running):
-      c, proc, t0, logf = item
-      if proc.poll() is None:
-        continue
-      running.remove(item)
-      logf.close()
-      done += 1
-      status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
-      if proc.returncode != 0:
-        failed.append(c)
-      log(f"[{done}/{len(cells)}] {c.variant} {c.model} seed {c.seed}: {status} "
-          f"in {time.time() - t0:.0f} s -> {c.workdir(out)}")
-    if not running and pending and not any(teacher_ready(c) for c in pending):
-      for c in pending:
-        failed.append(c)
-        log(f"skip {c.variant} {c.model} seed {c.seed}: no CE teacher results")
-      pending = []
-  return failed
-
-
-# ----------------------------------------------------------------------------
-# Aggregation.
-# ----------------------------------------------------------------------------
 
 
 def load_results(out: pathlib.Path) -> list[dict[str, Any]]:
@@ -334,9 +214,6 @@ def ablation_figures(folder: pathlib.Path, dest: pathlib.Path) -> list[str]:
   """Draws the OLS alpha curve (test ECE and top-1 error vs alpha) when the
   study holds alpha variants, and the mean S row entropy per epoch of every
   OLS run. Returns the file names written."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   rows = load_results(folder)
   made = []
   ols_rows = [r for r in rows if r["method"] == "ols"]
@@ -346,96 +223,16 @@ def ablation_figures(folder: pathlib.Path, dest: pathlib.Path) -> list[str]:
       a = 0.5 if r["variant"] == "ols" else float(r["variant"][len("ols_alpha"):])
       by_alpha.setdefault(a, []).append(r)
   if len(by_alpha) > 1:
-    fig = Figure(figsize=(8, 3.2))
-    for i, (key, label) in enumerate((("ece", "test ECE (%)"),
-                                      ("top1_error", "test top-1 error (%)"))):
-      ax = fig.add_subplot(1, 2, i + 1)
-      alphas = sorted(by_alpha)
-      for split, style in (("test", "o-"), ("test_ts", "s--")):
-        means = [100 * np.mean([r[split][key] for r in by_alpha[a]]) for a in alphas]
-        line, = ax.plot(alphas, means, style,
-                        label="after TS" if split == "test_ts" else "raw")
-        for a in alphas:
-          ax.scatter([a] * len(by_alpha[a]), [100 * r[split][key] for r in by_alpha[a]],
-                     s=10, alpha=0.35, color=line.get_color())
-      ax.set_xlabel("alpha (weight of the hard-label term)")
-      ax.set_ylabel(label)
-      ax.grid(alpha=0.3)
-      ax.legend(fontsize=8)
-    fig.suptitle("OLS alpha sweep (dots: single seeds)")
-    fig.tight_layout()
-    fig.savefig(dest / "alpha_curve.png", dpi=120)
+    plots.alpha_curve(by_alpha, dest / "alpha_curve.png")
     made.append("alpha_curve.png")
   curves = s_entropy_curves(ols_rows)
   if curves:
-    fig = Figure(figsize=(6, 3.6))
-    ax = fig.add_subplot(1, 1, 1)
-    colors = {}
-    one_model = len({m for m, _, _ in curves}) == 1
-    for (model, variant, seed), ent in curves.items():
-      color = colors.setdefault((model, variant), f"C{len(colors) % 10}")
-      label = f"{variant} seed {seed}" if one_model else f"{model} {variant} seed {seed}"
-      ax.plot(np.arange(1, len(ent) + 1), ent, marker=".", color=color,
-              ls=("-", "--", ":", "-.")[seed % 4], label=label)
-    k = rows[0]["num_classes"]
-    ax.axhline(np.log(k), color="gray", ls=":", label=f"uniform (log {k})")
-    ax.set_xlabel("epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("mean row entropy of S (nats)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(dest / "s_entropy.png", dpi=120)
+    plots.s_entropy_runs(curves, rows[0]["num_classes"], dest / "s_entropy.png")
     made.append("s_entropy.png")
   return made
 
 
 BASELINES = ("ce", "ls", "tfkd", "kd")
-
-
-def load_collected(folder: pathlib.Path) -> list[dict[str, Any]]:
-  """Per-run results collected under ``docs/results/<study>`` (the
-  ``<model>/<variant>/seed<k>.json`` files that ``collect_results`` writes)."""
-  rows = []
-  for path in sorted(pathlib.Path(folder).glob("*/*/seed*.json")):
-    r = json.loads(path.read_text())
-    r["variant"] = path.parent.name
-    rows.append(r)
-  return rows
-
-
-def restore_collected(folder: pathlib.Path, out: pathlib.Path) -> int:
-  """Puts a collected study back into run-folder form, so a study can be
-  extended on a machine whose ``runs/`` is gone: every
-  ``<model>/<variant>/seed<k>.json`` under ``folder`` becomes
-  ``out/<model>/<variant>/seed<k>/results.json`` (plus, for seed 0, the
-  collected ``report.md`` and figures), and ``summary.md`` keeps the title.
-  ``run_grid`` then skips these cells. Existing run folders are never
-  overwritten. KD cells whose CE teacher must be retrained still need the
-  teacher's checkpoints, which are not collected.
-
-  Returns:
-    The number of runs restored.
-  """
-  folder, out = pathlib.Path(folder), pathlib.Path(out)
-  restored = 0
-  for path in sorted(folder.glob("*/*/seed*.json")):
-    run = out / path.parent.parent.name / path.parent.name / path.stem
-    if (run / "results.json").exists():
-      continue
-    run.mkdir(parents=True, exist_ok=True)
-    if path.stem == "seed0":
-      if (path.parent / "report.md").exists():
-        shutil.copy2(path.parent / "report.md", run / "report.md")
-      if (path.parent / "figures").is_dir():
-        shutil.copytree(path.parent / "figures", run / "figures", dirs_exist_ok=True)
-    tmp = run / "results.json.tmp"
-    shutil.copy2(path, tmp)
-    os.replace(tmp, run / "results.json")
-    restored += 1
-  if (folder / "summary.md").exists() and not (out / "summary.md").exists():
-    shutil.copy2(folder / "summary.md", out / "summary.md")
-  return restored
 
 
 def overview_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ small grid of candidate settings). Phase 1 runs every candidate of every arm on
 the tuning seed; each arm then keeps the candidate with the best validation
 score (:func:`select`, validation only: the test split is never looked at);
 phase 2 runs the kept candidate of every arm on the remaining seeds. Cells are
-ordinary runs of the main job (``study.Cell``), so a sweep resumes by skipping
+ordinary runs of the main job (``grid_runner.Cell``), so a sweep resumes by skipping
 finished cells.
 """
 
@@ -17,7 +17,7 @@ import json
 import pathlib
 from typing import Any, Optional, Sequence
 
-from ols_jax import study
+from ols_jax import grid_runner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Arm:
     return [tuple(zip(fields, values))
             for values in itertools.product(*(v for _, v in self.grid))]
 
-  def cell(self, model: str, seed: int, candidate=()) -> study.Cell:
+  def cell(self, model: str, seed: int, candidate=()) -> grid_runner.Cell:
     suffix = (self.name[len(self.method):].lstrip("_")
               if self.name.startswith(self.method) else self.name)
     parts = [suffix] + [f"{f}{v:g}" if isinstance(v, float) else f"{f}{v}"
@@ -51,7 +51,7 @@ class Arm:
     tag = "_".join(p for p in parts if p)
     overrides = tuple((f, repr(v) if isinstance(v, float) else str(v))
                       for f, v in self.fixed + tuple(candidate))
-    return study.Cell(model, self.method, seed, overrides, tag)
+    return grid_runner.Cell(model, self.method, seed, overrides, tag)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +67,11 @@ class Sweep:
   select_metric: str = "nll"  # validation metric, lower is better.
   extra: tuple[str, ...] = ()  # more --config.x=y flags for every run.
 
-  def tuning_cells(self) -> list[study.Cell]:
+  def tuning_cells(self) -> list[grid_runner.Cell]:
     return [a.cell(self.model, self.tuning_seed, c)
             for a in self.arms for c in a.candidates()]
 
-  def final_cells(self, chosen: dict[str, tuple]) -> list[study.Cell]:
+  def final_cells(self, chosen: dict[str, tuple]) -> list[grid_runner.Cell]:
     """Every arm's kept candidate on the other seeds (arms in ``chosen``)."""
     return [a.cell(self.model, s, chosen[a.name]) for a in self.arms
             if a.name in chosen for s in self.seeds if s != self.tuning_seed]
@@ -129,7 +129,7 @@ def write_selection(sweep: Sweep, out: pathlib.Path) -> dict[str, dict[str, Any]
 
 
 def run(sweep: Sweep, out: pathlib.Path, repo: pathlib.Path, *, jobs: int = 1,
-        threads_per_job: int = 0, log=print) -> list[study.Cell]:
+        threads_per_job: int = 0, log=print) -> list[grid_runner.Cell]:
   """Phase 1 (tuning seed, every candidate), selection, phase 2 (other seeds).
 
   Arms without a grid have nothing to tune: their other seeds run in phase 1
@@ -138,15 +138,16 @@ def run(sweep: Sweep, out: pathlib.Path, repo: pathlib.Path, *, jobs: int = 1,
   config = str(repo / sweep.config)
   untuned = {a.name: () for a in sweep.arms if not a.grid}
   phase1 = sweep.tuning_cells() + sweep.final_cells(untuned)
-  failed = study.run_grid(phase1, config, out, extra=sweep.extra, jobs=jobs,
-                          threads_per_job=threads_per_job, log=log)
+  failed = grid_runner.run_grid(phase1, config, out, extra=sweep.extra, jobs=jobs,
+                                threads_per_job=threads_per_job, log=log)
   chosen = write_selection(sweep, out)
   missing = [a.name for a in sweep.arms if a.name not in chosen]
   if missing:
     log(f"no selection for {missing}: a tuning run failed")
   kept = {k: v["candidate"] for k, v in chosen.items()}
-  failed += study.run_grid(sweep.final_cells(kept), config, out, extra=sweep.extra,
-                           jobs=jobs, threads_per_job=threads_per_job, log=log)
+  failed += grid_runner.run_grid(sweep.final_cells(kept), config, out,
+                                 extra=sweep.extra, jobs=jobs,
+                                 threads_per_job=threads_per_job, log=log)
   return failed
 
 

@@ -10,6 +10,8 @@ import jax
 import numpy as np
 import pytest
 
+from ols_jax import collected
+from ols_jax import grid_runner
 from ols_jax import logging_utils
 from ols_jax import study
 from ols_jax import train
@@ -202,13 +204,13 @@ def test_collect_then_restore_round_trip(runs, tmp_path):
   assert [(r["variant"], r["seed"], r["test"]) for r in back] == \
       [(r["variant"], r["seed"], r["test"]) for r in orig]
   assert (fresh / "study" / "summary.md").read_text().startswith("# Toy study")
-  assert study.restore_collected(dest / "study", fresh / "study") == 0  # never overwrites
+  assert collected.restore_collected(dest / "study", fresh / "study") == 0  # never overwrites
   proc = collect(fresh, "--restore=nope")
   assert proc.returncode != 0 and "nope is not a collected study folder" in proc.stderr
 
 
 def test_grid_orders_teachers_first():
-  cells = study.grid(["resnet18"], ["kd", "ols", "ce"], [0, 1], alphas=[0.3])
+  cells = grid_runner.grid(["resnet18"], ["kd", "ols", "ce"], [0, 1], alphas=[0.3])
   methods = [c.method for c in cells if c.seed == 0 and not c.tag]
   assert methods[0] == "ce" and methods[-1] == "kd"
   assert any(c.tag == "alpha0.3" for c in cells)

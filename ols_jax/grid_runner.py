@@ -1,0 +1,135 @@
+"""Grids of runs (methods x models x seeds, OLS alpha / init ablations) and a
+subprocess scheduler that runs each cell as one training job."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+# The training script every cell runs unless a caller passes another one.
+ENTRY_POINT = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "radimagenet.py"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One run of the grid."""
+  model: str
+  method: str
+  seed: int
+  overrides: tuple[tuple[str, str], ...] = ()
+  tag: str = ""           # variant name, e.g. 'alpha0.3' or 'init_zeros'.
+
+  @property
+  def variant(self) -> str:
+    return self.method + (f"[{self.tag}]" if self.tag else "")
+
+  @property
+  def folder(self) -> str:
+    """The run folder's name under ``<out>/<model>/`` (seeds below it)."""
+    return self.method + (f"_{self.tag}" if self.tag else "")
+
+  def workdir(self, out: pathlib.Path) -> pathlib.Path:
+    return out / self.model / self.folder / f"seed{self.seed}"
+
+
+def grid(models: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
+         alphas: Sequence[float] = (), ols_inits: Sequence[str] = ()) -> list[Cell]:
+  """The cells of a study; ``ce`` cells come first (they are KD teachers)."""
+  order = sorted(methods, key=lambda m: (m != "ce", m == "kd"))
+  cells = [Cell(m, meth, s) for s in seeds for m in models for meth in order]
+  for s in seeds:
+    for m in models:
+      for a in alphas:
+        cells.append(Cell(m, "ols", s, (("alpha", repr(float(a))),), f"alpha{a:g}"))
+      for init in ols_inits:
+        cells.append(Cell(m, "ols", s, (("ols_init", init),), f"init_{init}"))
+  return cells
+
+
+def command(cell: Cell, config_path: str, out: pathlib.Path,
+            extra: Sequence[str] = (), teacher_model: Optional[str] = None,
+            entry_point: pathlib.Path = ENTRY_POINT) -> list[str]:
+  """The command line that runs ``cell`` with the ``entry_point`` script."""
+  args = [sys.executable, str(entry_point), f"--config={config_path}",
+          f"--workdir={cell.workdir(out)}", f"--config.model={cell.model}",
+          f"--config.method={cell.method}", f"--config.seed={cell.seed}",
+          "--config.progress=False"]
+  args += [f"--config.{k}={v}" for k, v in cell.overrides]
+  if cell.method == "kd":
+    teacher = Cell(teacher_model or cell.model, "ce", cell.seed)
+    args.append(f"--config.teacher_workdir={teacher.workdir(out)}")
+  return args + list(extra)
+
+
+def run_grid(cells: Sequence[Cell], config_path: str, out: pathlib.Path, *,
+             extra: Sequence[str] = (), jobs: int = 1,
+             teacher_model: Optional[str] = None, threads_per_job: int = 0,
+             entry_point: pathlib.Path = ENTRY_POINT, log=print) -> list[Cell]:
+  """Runs every cell without ``results.json`` (sequentially or ``jobs`` at a
+  time) as a subprocess of ``entry_point``; KD cells wait for their CE
+  teacher. Returns the failed cells."""
+  pending = [c for c in cells if not (c.workdir(out) / "results.json").exists()]
+  log(f"{len(cells) - len(pending)} of {len(cells)} cells already done; "
+      f"{len(pending)} to run with {jobs} parallel job(s)")
+  running: list[tuple[Cell, subprocess.Popen, float, Any]] = []
+  failed: list[Cell] = []
+  done = len(cells) - len(pending)
+  env = dict(os.environ)
+  if threads_per_job == 1:  # one thread per run: XLA's Eigen thread pool off
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        " --xla_cpu_multi_thread_eigen=false").strip()
+  elif threads_per_job > 1:  # one host device (one convolution thread) per core
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={threads_per_job}").strip()
+
+  def teacher_ready(c: Cell) -> bool:
+    if c.method != "kd":
+      return True
+    t = Cell(teacher_model or c.model, "ce", c.seed)
+    return (t.workdir(out) / "results.json").exists()
+
+  def teacher_failed(c: Cell) -> bool:
+    t = Cell(teacher_model or c.model, "ce", c.seed)
+    return c.method == "kd" and t in failed
+
+  while pending or running:
+    for c in [c for c in pending if teacher_failed(c)]:
+      pending.remove(c)
+      failed.append(c)
+      log(f"skip {c.variant} {c.model} seed {c.seed}: its CE teacher failed")
+    while len(running) < jobs:
+      ready = [c for c in pending if teacher_ready(c)]
+      if not ready:
+        break
+      c = ready[0]
+      pending.remove(c)
+      c.workdir(out).mkdir(parents=True, exist_ok=True)
+      logf = open(c.workdir(out) / "stdout.log", "a", encoding="utf-8")
+      proc = subprocess.Popen(command(c, config_path, out, extra, teacher_model,
+                                      entry_point),
+                              stdout=logf, stderr=subprocess.STDOUT, env=env)
+      running.append((c, proc, time.time(), logf))
+    time.sleep(0.5)
+    for item in list(running):
+      c, proc, t0, logf = item
+      if proc.poll() is None:
+        continue
+      running.remove(item)
+      logf.close()
+      done += 1
+      status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+      if proc.returncode != 0:
+        failed.append(c)
+      log(f"[{done}/{len(cells)}] {c.variant} {c.model} seed {c.seed}: {status} "
+          f"in {time.time() - t0:.0f} s -> {c.workdir(out)}")
+    if not running and pending and not any(teacher_ready(c) for c in pending):
+      for c in pending:
+        failed.append(c)
+        log(f"skip {c.variant} {c.model} seed {c.seed}: no CE teacher results")
+      pending = []
+  return failed

@@ -7,16 +7,8 @@ import numpy as np
 
 from ols_jax import metrics as metrics_lib
 from ols_jax import ols
+from ols_jax.metrics import _check_probs  # the library's own input check
 from ols_jax.metrics import bin_edges
-
-
-def _check_probs(probs, labels):
-  probs = np.asarray(probs, np.float64)
-  labels = np.asarray(labels).astype(np.int64)
-  if probs.ndim != 2 or labels.shape != probs.shape[:1]:
-    raise ValueError(f"expected probs (N, K) and labels (N,), got "
-                     f"{probs.shape} and {labels.shape}")
-  return probs, labels
 
 
 def numpy_reference_metrics(probs: np.ndarray, labels: np.ndarray,

@@ -122,36 +122,91 @@ def arm_table(kept: dict[str, dict[int, dict]]) -> str:
 FITTED_TRAIN_ACCURACY = 0.95
 
 
-def regime_lines(kept: dict[str, dict[int, dict]], reference: str = "ce") -> str:
-  """Which calibration regime the reference (CE) runs are in, per seed.
+def ce_regime(run: dict) -> tuple[bool, str]:
+  """Whether one reference (CE) run is in the over-confident regime, and why.
 
   Over-confident regime (where calibration methods are meant to help): CE
   fits its training set (final-epoch train accuracy >= 95%, on augmented
   batches), is over-confident on test (confidence above accuracy) and
   temperature scaling fitted on validation lowers its test ECE.
+
+  Returns:
+    ``(in_regime, description)``.
   """
+  train_acc = _final_train_accuracy(run)
+  raw, ts = run["test"]["ece"], run["test_ts"]["ece"]
+  gap = run["test"]["calibration_gap"]
+  fitted = train_acc >= FITTED_TRAIN_ACCURACY
+  in_regime = bool(fitted and gap > 0 and ts < raw)
+  if in_regime:
+    regime = "over-confident regime"
+  else:
+    why = []
+    if not fitted:
+      why.append(f"train accuracy below {100 * FITTED_TRAIN_ACCURACY:.0f}% (under-fitted)")
+    if gap <= 0:
+      why.append("not over-confident on test")
+    if ts >= raw:
+      why.append("temperature scaling does not lower its test ECE")
+    regime = "NOT the over-confident regime: " + ", ".join(why)
+  return in_regime, (f"CE final-epoch train accuracy {100 * train_acc:.1f}%, test ECE "
+                     f"{100 * raw:.2f}% raw vs {100 * ts:.2f}% after TS (T = "
+                     f"{run['temperature']:.2f}), conf-acc {100 * gap:+.2f} points: {regime}")
+
+
+def regime_lines(kept: dict[str, dict[int, dict]], reference: str = "ce") -> str:
+  """Which calibration regime the reference (CE) runs are in, per seed."""
   runs = kept.get(reference, {})
-  lines = []
-  for s in sorted(runs):
-    r = runs[s]
-    train_acc = _final_train_accuracy(r)
-    raw, ts = r["test"]["ece"], r["test_ts"]["ece"]
-    gap = r["test"]["calibration_gap"]
-    fitted = train_acc >= FITTED_TRAIN_ACCURACY
-    if fitted and gap > 0 and ts < raw:
-      regime = "over-confident regime"
-    else:
-      why = []
-      if not fitted:
-        why.append(f"train accuracy below {100 * FITTED_TRAIN_ACCURACY:.0f}% (under-fitted)")
-      if gap <= 0:
-        why.append("not over-confident on test")
-      if ts >= raw:
-        why.append("temperature scaling does not lower its test ECE")
-      regime = "NOT the over-confident regime: " + ", ".join(why)
-    lines.append(f"- seed {s}: CE final-epoch train accuracy {100 * train_acc:.1f}%, test ECE "
-                 f"{100 * raw:.2f}% raw vs {100 * ts:.2f}% after TS (T = "
-                 f"{r['temperature']:.2f}), conf-acc {100 * gap:+.2f} points: {regime}.")
+  return "\n".join(f"- seed {s}: {ce_regime(runs[s])[1]}." for s in sorted(runs))
+
+
+def calibration_verdict_allowed(kept: dict[str, dict[int, dict]], reference: str = "ce") -> bool:
+  """True when every reference run is in the over-confident regime."""
+  runs = kept.get(reference, {})
+  return bool(runs) and all(ce_regime(r)[0] for r in runs.values())
+
+
+# (metric, label, scale, is a calibration metric) of the verdict table.
+VERDICT = (("top1_error", "top-1 error (points)", 100, False), ("ece", "ECE (points)", 100, True),
+           ("ece_ts", "ECE after TS (points)", 100, True), ("nll", "NLL", 1, False),
+           ("nll_ts", "NLL after TS", 1, False))
+
+
+def verdict_table(results: dict[tuple[str, str], dict], calibration_allowed: bool) -> str:
+  """One row per (comparison, metric): the over-seeds interval in plain words.
+
+  Args:
+    results: ``{(a, b): stats.compare_arms output of b - a}``.
+    calibration_allowed: whether the reference is in the over-confident
+      regime on every seed; if not, ECE rows are reported but carry no verdict.
+
+  Returns:
+    A markdown table.
+  """
+  lines = ["| comparison | metric | mean diff over seeds [95% t-interval] | "
+           "seeds where b is lower (one-sided sign test p) | "
+           "seeds whose bootstrap CI excludes 0 | verdict |", "|---|---|---|---|---|---|"]
+  for (a, b), res in results.items():
+    for m, label, scale, is_calibration in VERDICT:
+      if m not in res:
+        continue
+      per_seed, over = res[m]["per_seed"], res[m]["over_seeds"]
+      n = len(per_seed)
+      wins = sum(iv.estimate < 0 for iv in per_seed.values())
+      excl = [f"{s} ({'lower' if iv.high < 0 else 'higher'})" for s, iv in per_seed.items()
+              if not iv.includes_zero]
+      if n < 2:
+        words = "none: one seed only"
+      elif is_calibration and not calibration_allowed:
+        words = "none: CE is not in the over-confident regime (difference descriptive only)"
+      elif over.includes_zero:
+        words = "not resolved (interval includes 0)"
+      else:
+        words = f"{b} {'better' if over.high < 0 else 'worse'} than {a}"
+      digits = 2 if scale == 100 else 3
+      lines.append(f"| {b} - {a} | {label} | {over.format(scale, digits)} | {wins}/{n} "
+                   f"(p = {stats.sign_test_p(wins, n):.3f}) | "
+                   f"{', '.join(excl) or 'none'} | {words} |")
   return "\n".join(lines)
 
 
@@ -201,12 +256,22 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
            arm_table(kept), "",
            "Validation curves of the kept settings (every seed): `curves.png`.", "",
            "## Regime of the reference (CE)", "", regime_lines(kept), ""]
+  sections, results = [], {}
   for a, b in comparisons:
-    table, _ = paired_table(kept, a, b)
-    parts += [f"## Paired differences: {b} minus {a}", "",
-              "Negative = lower for " + b + " (better for every metric listed). "
-              "Per seed: 2,000 paired bootstrap resamples of the test examples. Over seeds: "
-              "Student-t interval of the mean per-seed difference.", "", table, ""]
+    table, res = paired_table(kept, a, b)
+    if res:
+      results[(a, b)] = res
+    sections += [f"## Paired differences: {b} minus {a}", "",
+                 "Negative = lower for " + b + " (better for every metric listed). "
+                 "Per seed: 2,000 paired bootstrap resamples of the test examples. Over seeds: "
+                 "Student-t interval of the mean per-seed difference.", "", table, ""]
+  allowed = calibration_verdict_allowed(kept)
+  parts += ["## Verdict, in words", "",
+            "Negative differences = b lower = b better. A verdict needs at least two seeds and "
+            "an over-seeds interval that excludes 0; ECE rows carry a verdict only when CE is "
+            "in the over-confident regime on every seed "
+            f"({'it is' if allowed else 'it is not'}, see above).", "",
+            verdict_table(results, allowed), ""] + sections
   path = folder / "summary.md"
   tmp = folder / "summary.md.tmp"
   tmp.write_text("\n".join(parts))

@@ -84,4 +84,33 @@ def test_report_from_collected_files(tmp_path):
   assert "| ols_zeros | ols_zeros_alpha0.3 | 0,1 |" in text
   assert "seed 0: CE final-epoch train accuracy 90.0%" in text
   assert "NOT the over-confident regime: train accuracy below 95% (under-fitted)" in text
+  assert "## Verdict, in words" in text
+  assert "none: CE is not in the over-confident regime" in text
   assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def _iv(est, low, high):
+  return stats.Interval(est, low, high)
+
+
+def test_verdict_words_follow_intervals_and_regime():
+  better = {"per_seed": {0: _iv(-2, -3, -1), 1: _iv(-1, -2, 0.5), 2: _iv(-3, -4, -2)},
+            "over_seeds": _iv(-2, -3.5, -0.5)}
+  unresolved = {"per_seed": {0: _iv(1, 0.2, 2), 1: _iv(-1, -2, 0.5)},
+                "over_seeds": _iv(0, -12, 12)}
+  worse = {"per_seed": {0: _iv(1, 0.5, 1.5), 1: _iv(2, 1, 3)}, "over_seeds": _iv(1.5, 0.2, 2.8)}
+  one_seed = {"per_seed": {0: _iv(-2, -3, -1)}, "over_seeds": _iv(-2, -np.inf, np.inf)}
+  results = {("ce", "ols"): {"top1_error": better, "ece": better, "nll": worse},
+             ("ls", "ols"): {"top1_error": unresolved, "ece_ts": one_seed}}
+  rows = sweep_report.verdict_table(results, calibration_allowed=False).splitlines()[2:]
+  words = {(r.split(" | ")[0][2:], r.split(" | ")[1]): r.split(" | ")[-1][:-2] for r in rows}
+  assert words[("ols - ce", "top-1 error (points)")] == "ols better than ce"
+  assert words[("ols - ce", "ECE (points)")].startswith("none: CE is not in the over-confident")
+  assert words[("ols - ce", "NLL")] == "ols worse than ce"
+  assert words[("ols - ls", "top-1 error (points)")] == "not resolved (interval includes 0)"
+  assert words[("ols - ls", "ECE after TS (points)")] == "none: one seed only"
+  assert "3/3 (p = 0.125)" in rows[0]
+  assert "0 (lower), 2 (lower)" in rows[0]
+  allowed = sweep_report.verdict_table(results, calibration_allowed=True)
+  assert "| ECE (points) | -200.00 [-350.00, -50.00] | 3/3" in allowed
+  assert allowed.splitlines()[3].endswith("| ols better than ce |")

@@ -2,7 +2,7 @@
 # The commands behind docs/RESULTS.md. Every command skips finished runs, so the
 # script can be stopped and rerun to finish in chunks.
 #
-#   bash experiments/study.sh [radmix|organamnist|all]     (default: all)
+#   bash experiments/study.sh [radmix|radmix_fitted|organamnist|all]     (default: all)
 #
 # The earlier short-schedule studies (docs/RESULTS.md, "Under-fitted regime") ran
 # with the code of commit f316bbc, where `ls` was today's `ls_kminus1`, `tfkd` was
@@ -16,6 +16,11 @@ radmix() {
   python experiments/collect_sweep.py radmix_converged
 }
 
+radmix_fitted() {
+  python experiments/sweeps.py radmix_fitted --jobs=1
+  python experiments/collect_sweep.py radmix_fitted
+}
+
 organamnist() {
   python experiments/sweeps.py organamnist_converged --jobs=1
   python experiments/collect_sweep.py organamnist_converged
@@ -23,7 +28,8 @@ organamnist() {
 
 case "${1:-all}" in
   radmix) radmix ;;
+  radmix_fitted) radmix_fitted ;;
   organamnist) organamnist ;;
-  all) radmix; organamnist ;;
-  *) echo "usage: $0 [radmix|organamnist|all]" >&2; exit 2 ;;
+  all) radmix; radmix_fitted; organamnist ;;
+  *) echo "usage: $0 [radmix|radmix_fitted|organamnist|all]" >&2; exit 2 ;;
 esac

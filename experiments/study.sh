@@ -17,7 +17,7 @@ radmix() {
 }
 
 radmix_fitted() {
-  python experiments/sweeps.py radmix_fitted --jobs=1
+  python experiments/sweeps.py radmix_fitted --jobs=2 --threads_per_job=1
   python experiments/collect_sweep.py radmix_fitted
 }
 

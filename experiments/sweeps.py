@@ -39,12 +39,15 @@ SWEEPS = (
     # radmix_converged found CE under-fitted (train accuracy 78%) and not
     # over-confident, so no calibration verdict could come from it. Without
     # crops and flips CE can fit its training set, the regime OLS is meant for.
+    # One host device per run (two runs share the cores, study.sh): a run on
+    # two host devices aborted in XLA's in-process all-gather (40 s rendezvous
+    # timeout) on an unloaded 2-core host, and one device has no collectives.
     sweep_lib.Sweep(
         name="radmix_fitted",
         title=("RadMix (75 classes, 28 px), ResNet-18 x0.25, 15 epochs, no augmentation "
                "(the fitted regime), tuned on validation (seed 0)"),
         config="experiments/configs/radmix.py", model="resnet18", arms=FAIR_ARMS,
-        seeds=(0, 1, 2), extra=("--config.augment=none",)),
+        seeds=(0, 1, 2), extra=("--config.augment=none", "--cpu_devices=1")),
     sweep_lib.Sweep(
         name="organamnist_converged",
         title=("OrganAMNIST (11 classes, 28 px), ResNet-18 x0.25, 10 epochs, crop + "

@@ -166,10 +166,10 @@ def calibration_verdict_allowed(kept: dict[str, dict[int, dict]], reference: str
   return bool(runs) and all(ce_regime(r)[0] for r in runs.values())
 
 
-# (metric, label, scale, is a calibration metric) of the verdict table.
-VERDICT = (("top1_error", "top-1 error (points)", 100, False), ("ece", "ECE (points)", 100, True),
-           ("ece_ts", "ECE after TS (points)", 100, True), ("nll", "NLL", 1, False),
-           ("nll_ts", "NLL after TS", 1, False))
+# Metrics of the verdict table (labels and scales from COMPARED); the
+# calibration ones carry a verdict only in the over-confident regime.
+VERDICT = ("top1_error", "ece", "ece_ts", "nll", "nll_ts")
+CALIBRATION = frozenset({"ece", "ece_ts"})
 
 
 def verdict_table(results: dict[tuple[str, str], dict], calibration_allowed: bool) -> str:
@@ -187,8 +187,8 @@ def verdict_table(results: dict[tuple[str, str], dict], calibration_allowed: boo
            "seeds where b is lower (one-sided sign test p) | "
            "seeds whose bootstrap CI excludes 0 | verdict |", "|---|---|---|---|---|---|"]
   for (a, b), res in results.items():
-    for m, label, scale, is_calibration in VERDICT:
-      if m not in res:
+    for m, label, scale in COMPARED:
+      if m not in VERDICT or m not in res:
         continue
       per_seed, over = res[m]["per_seed"], res[m]["over_seeds"]
       n = len(per_seed)
@@ -197,7 +197,7 @@ def verdict_table(results: dict[tuple[str, str], dict], calibration_allowed: boo
               if not iv.includes_zero]
       if n < 2:
         words = "none: one seed only"
-      elif is_calibration and not calibration_allowed:
+      elif m in CALIBRATION and not calibration_allowed:
         words = "none: CE is not in the over-confident regime (difference descriptive only)"
       elif over.includes_zero:
         words = "not resolved (interval includes 0)"

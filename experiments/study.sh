@@ -2,7 +2,7 @@
 # The commands behind docs/RESULTS.md. Every command skips finished runs, so the
 # script can be stopped and rerun to finish in chunks.
 #
-#   bash experiments/study.sh [radmix|radmix_fitted|organamnist|all]     (default: all)
+#   bash experiments/study.sh [radmix|radmix_fitted|organamnist|calibration|all]  (default: all)
 #
 # The earlier short-schedule studies (docs/RESULTS.md, "Under-fitted regime") ran
 # with the code of commit f316bbc, where `ls` was today's `ls_kminus1`, `tfkd` was
@@ -26,10 +26,20 @@ organamnist() {
   python experiments/collect_sweep.py organamnist_converged
 }
 
+# The calibration verdict: three fitted cells on the calibration split, two
+# single-device runs sharing the cores; the smallest cells first.
+calibration() {
+  for cell in cal_brain44 cal_brain4 cal_radmix; do
+    python experiments/sweeps.py "$cell" --jobs=2 --threads_per_job=1
+    python experiments/collect_sweep.py "$cell"
+  done
+}
+
 case "${1:-all}" in
   radmix) radmix ;;
   radmix_fitted) radmix_fitted ;;
   organamnist) organamnist ;;
-  all) radmix; radmix_fitted; organamnist ;;
-  *) echo "usage: $0 [radmix|radmix_fitted|organamnist|all]" >&2; exit 2 ;;
+  calibration) calibration ;;
+  all) radmix; radmix_fitted; organamnist; calibration ;;
+  *) echo "usage: $0 [radmix|radmix_fitted|organamnist|calibration|all]" >&2; exit 2 ;;
 esac

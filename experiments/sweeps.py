@@ -28,6 +28,40 @@ FAIR_ARMS = (
                   grid=(("alpha", (0.3, 0.5, 0.7)),)),
 )
 
+# The calibration verdict's arms, fixed before any of its runs: FAIR_ARMS with
+# the OLS grid widened to the seed paper's {0.3, 0.5, 0.7, 0.9}, plus FLSD-53
+# and MbLS as released (MbLS margin 5 or 10, alpha 0.1).
+CALIBRATION_ARMS = (
+    sweep_lib.Arm("ce", "ce"),
+    sweep_lib.Arm("ls", "ls", grid=(("eps", (0.05, 0.1, 0.2)),)),
+    sweep_lib.Arm("tfkd_reg", "tfkd_reg"),
+    sweep_lib.Arm("ols_uniform", "ols", fixed=(("ols_init", "uniform"),),
+                  grid=(("alpha", (0.3, 0.5, 0.7, 0.9)),)),
+    sweep_lib.Arm("ols_zeros", "ols", fixed=(("ols_init", "zeros"),),
+                  grid=(("alpha", (0.3, 0.5, 0.7, 0.9)),)),
+    sweep_lib.Arm("flsd53", "flsd53"),
+    sweep_lib.Arm("mbls", "mbls", grid=(("mbls_margin", (5.0, 10.0)),)),
+)
+
+# Every fitted cell: no augmentation (CE can fit its training set), the test
+# split halved into a calibration half (selection, T, thresholds, conformal
+# sets) and the reported half, the corruption suite and far-OOD sets in the
+# final evaluation, one host device per run (two runs share the cores).
+# Rule fixed before the runs: 15 epochs; if CE on seed 0 ends below 99% train
+# accuracy, the cell is rerun at 30 epochs under a new name.
+_FITTED = ("--config.augment=none", "--config.calibration_split=test_half",
+           "--config.shift_eval=True", "--cpu_devices=1")
+
+
+def _fitted(name, dataset, config, ood_sets):
+  return sweep_lib.Sweep(
+      name=name,
+      title=(f"{dataset}, ResNet-18 x0.25, 15 epochs, no augmentation, calibration split "
+             f"(half of test), tuned on validation NLL (seed 0)"),
+      config=config, model="resnet18", arms=CALIBRATION_ARMS, seeds=(0, 1, 2),
+      extra=_FITTED + (f"--config.ood_sets={ood_sets}",))
+
+
 SWEEPS = (
     sweep_lib.Sweep(
         name="radmix_converged",
@@ -54,6 +88,12 @@ SWEEPS = (
                "laterality-aware flip, tuned on validation (seed 0)"),
         config="experiments/configs/organamnist.py:converged", model="resnet18",
         arms=FAIR_ARMS, seeds=(0, 1, 2)),
+    _fitted("cal_brain44", "Brain MRI 44 classes (28 px)",
+            "experiments/configs/brain_tumor_44.py:fitted", "chest_ct,retinamnist"),
+    _fitted("cal_brain4", "Brain MRI 4 classes (28 px)",
+            "experiments/configs/brain_tumor_mri.py", "chest_ct,retinamnist"),
+    _fitted("cal_radmix", "RadMix 75 classes (28 px)",
+            "experiments/configs/radmix.py", "retinamnist"),
 )
 
 

@@ -23,6 +23,7 @@ SCHEDULES = ("cosine", "step", "constant")
 PARALLEL_MODES = ("jit", "pmap")
 DTYPES = ("float32", "bfloat16")
 SELECT_METRICS = ("top1_error", "nll", "ece")
+CALIBRATION_SPLITS = ("dataset", "test_half")
 
 # Fields that may change between a run and its resumption without changing its
 # results (everything else must match the saved config.json). `target_accuracy`
@@ -68,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.ols_eps = 0.1
   c.freeze_threshold = 0.0  # 0 = freeze rule off (0.88 in the official code).
   c.teacher_workdir = ""
+  c.focal_gamma = 3.0      # focal (fixed gamma); flsd53 uses 5 / 3 as released.
+  c.mbls_margin = 10.0     # mbls: released defaults margin 10, alpha 0.1.
+  c.mbls_alpha = 0.1
   # Optimisation.
   c.optimizer = "sgd"
   c.learning_rate = 0.1
@@ -81,6 +85,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.seed = 0
   # Selection and evaluation.
+  # 'dataset': the dataset's own val split selects, fits T and thresholds.
+  # 'test_half': the test split is halved once, stratified by class
+  # (data.calibration_split); one half does all of that and the other half is
+  # the reported test split; the dataset's own val split is then only scored
+  # (``val_dataset`` in results.json).
+  c.calibration_split = "dataset"
+  c.calibration_split_seed = 0
   c.select_metric = "top1_error"   # on the validation split only.
   c.num_bins = 15
   c.tsne_samples = 1000
@@ -88,6 +99,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Abstention: the threshold chosen on validation (temperature-scaled
   # probabilities) is the lowest whose accepted inputs reach this accuracy.
   c.target_accuracy = 0.95
+  # Split-conformal prediction sets (LAC, APS) calibrated on validation.
+  c.conformal_alpha = 0.1
+  # Shift: the corruption suite (ols_jax.corruptions) on test, severities 1-5.
+  c.shift_eval = False
+  # Far-OOD sets: comma-separated shared datasets (their test split, converted
+  # to this run's channels and size), scored against this run's test split.
+  c.ood_sets = ""
   # Infrastructure.
   c.parallel = "jit"
   c.num_devices = 0        # 0 = all devices.
@@ -132,6 +150,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, "parallel", PARALLEL_MODES)
   _check_choice(config, "dtype", DTYPES)
   _check_choice(config, "select_metric", SELECT_METRICS)
+  _check_choice(config, "calibration_split", CALIBRATION_SPLITS)
+  _check_range(config, "focal_gamma", 0.0, 100.0)
+  _check_range(config, "mbls_margin", 0.0, 1e6)
+  _check_range(config, "mbls_alpha", 0.0, 1e6)
+  _check_range(config, "conformal_alpha", 0.0, 1.0, lo_open=True, hi_open=True)
+  if config.ood_sets:
+    from ols_jax.data import local  # pylint: disable=import-outside-toplevel
+    for name in str(config.ood_sets).split(","):
+      if name.strip() not in local.SHARED:
+        raise ConfigError(f"config.ood_sets: {name.strip()!r} is not a shared dataset; "
+                          f"expected comma-separated names from {', '.join(sorted(local.SHARED))}")
   _check_range(config, "alpha", 0.0, 1.0)
   _check_range(config, "eps", 0.0, 1.0, hi_open=True)
   _check_range(config, "ols_eps", 0.0, 1.0)
@@ -158,6 +187,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.method == "kd" and not config.teacher_workdir:
     raise ConfigError("config.teacher_workdir: method 'kd' needs the workdir of a "
                       "trained teacher run")
+  if not isinstance(config.calibration_split_seed, int):
+    raise ConfigError("config.calibration_split_seed: expected an integer, "
+                      f"got {config.calibration_split_seed!r}")
   for field in ("num_devices", "log_every_steps", "checkpoint_every_steps", "num_workers"):
     if not isinstance(config[field], int) or config[field] < 0:
       raise ConfigError(f"config.{field}: expected a non-negative integer, got {config[field]!r}")
@@ -172,7 +204,9 @@ def loss_spec(config: ml_collections.ConfigDict, num_classes: int) -> losses.Los
       freeze_threshold=float(config.freeze_threshold) or None,
       reg_alpha=float(config.reg_alpha), reg_temperature=float(config.reg_temperature),
       reg_correct_prob=float(config.reg_correct_prob),
-      reg_multiplier=float(config.reg_multiplier))
+      reg_multiplier=float(config.reg_multiplier),
+      focal_gamma=float(config.focal_gamma), mbls_margin=float(config.mbls_margin),
+      mbls_alpha=float(config.mbls_alpha))
 
 
 def result_affecting_differences(saved: dict, current: dict) -> list[str]:

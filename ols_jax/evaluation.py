@@ -19,11 +19,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from ols_jax import calibration
+from ols_jax import conformal
 from ols_jax import data as data_lib
 from ols_jax import embeddings as embeddings_lib
 from ols_jax import metrics as metrics_lib
+from ols_jax import ood as ood_lib
 from ols_jax import parallel
 from ols_jax import selective
+from ols_jax import shift as shift_lib
+from ols_jax.data import sources
+
+# The share of in-distribution (validation) scans an OOD threshold keeps.
+OOD_TPR = 0.95
 
 
 def evaluate(dp: parallel.DataParallel, state, source, config, *, with_outputs: bool,
@@ -133,21 +140,31 @@ class FinalEvaluation:
     risk_coverage: the test risk-coverage curves, raw (``test``) and
       temperature-scaled (``test_ts``).
     soft_labels: S after the last epoch (its heat map), or None.
+    ood_fit: the Mahalanobis fit and the OOD thresholds (saved with the run
+      as ``ood_fit.npz`` for predict), or None.
   """
   summary: dict[str, Any]
   val_outputs: dict[str, np.ndarray]
   test_outputs: dict[str, np.ndarray]
   risk_coverage: dict[str, dict[str, np.ndarray]]
   soft_labels: Optional[np.ndarray]
+  ood_fit: Optional[dict[str, np.ndarray]] = None
 
 
 def final(dp: parallel.DataParallel, state, splits, config, *, run_fields: dict[str, Any],
-          start_time: float, soft_labels: Optional[np.ndarray]) -> FinalEvaluation:
+          start_time: float, soft_labels: Optional[np.ndarray],
+          ood_sources: Optional[dict[str, Any]] = None,
+          log=lambda message: None) -> FinalEvaluation:
   """Evaluates the selected state on val and test, once, into the run's summary.
 
   Fits the temperature on val; scores val raw, test raw and test
   temperature-scaled (:func:`score`); chooses the abstention threshold on
-  temperature-scaled val confidences; measures the test embeddings.
+  temperature-scaled val confidences; measures the test embeddings;
+  calibrates the conformal sets on val (:func:`conformal_section`); scores
+  out-of-distribution inputs (:func:`ood_section`); with
+  ``config.shift_eval``, scores the corruption suite on test
+  (:mod:`ols_jax.shift`). With a calibration split, the dataset's own
+  validation split (``splits['val_dataset']``) is scored too.
 
   Args:
     dp: the run's compiled steps.
@@ -159,6 +176,9 @@ def final(dp: parallel.DataParallel, state, splits, config, *, run_fields: dict[
       copied into the summary first.
     start_time: ``time.time()`` at the run's start (for ``wall_time_s``).
     soft_labels: S after the last epoch, or None.
+    ood_sources: far-OOD sets by name (data sources; converted to the run's
+      channels and size here), or None.
+    log: a progress line callback.
 
   Returns:
     The :class:`FinalEvaluation`.
@@ -175,6 +195,29 @@ def final(dp: parallel.DataParallel, state, splits, config, *, run_fields: dict[
   val_ts_confidence, val_ts_correct = selective.confidence_and_correct(
       selective.probabilities(val_out["logits"], temperature), val_out["label"])
   summary = dict(run_fields)
+  if "val_dataset" in splits:
+    _, vd_out = evaluate(dp, state, splits["val_dataset"], config, with_outputs=True,
+                         channels=config.channels)
+    summary["val_dataset"] = score(vd_out["logits"], vd_out["label"],
+                                   num_bins=config.num_bins).metrics
+  summary["conformal"] = conformal_section(val_out, test_out, temperature,
+                                           float(config.conformal_alpha))
+  log("final evaluation: out-of-distribution scores")
+  _, train_out = evaluate(dp, state, splits["train"], config, with_outputs=True,
+                          channels=config.channels)
+  ood_summary, ood_fit = ood_section(
+      dp, state, config, train_out, val_out, test_out,
+      ood_sources or {}, num_classes=int(val_out["logits"].shape[-1]))
+  summary["ood"] = ood_summary
+  if config.shift_eval:
+    log("final evaluation: corruption suite on test")
+    images, labels = shift_lib.working_array(splits["test"], image_size=config.image_size,
+                                             channels=config.channels)
+    summary["shift"] = shift_lib.shift_records(
+        lambda x, y: _array_logits(dp, state, config, x, y), images, labels,
+        temperature=temperature, seed=int(config.seed),
+        score_fn=lambda z, y, temperature=1.0: score(z, y, num_bins=config.num_bins,
+                                                     temperature=temperature))
   summary.update({
       "wall_time_s": time.time() - start_time,
       "temperature": float(temperature),
@@ -192,7 +235,69 @@ def final(dp: parallel.DataParallel, state, splits, config, *, run_fields: dict[
       val_outputs={"logits": val_out["logits"], "label": val_out["label"]},
       test_outputs={k: test_out[k] for k in ("logits", "embedding", "label")},
       risk_coverage={"test": test.risk_coverage, "test_ts": test_ts.risk_coverage},
-      soft_labels=soft_labels)
+      soft_labels=soft_labels, ood_fit=ood_fit)
+
+
+def _array_logits(dp, state, config, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """Logits of uint8 working images through the evaluation path."""
+  _, out = evaluate(dp, state, sources.ArraySource(images, labels), config,
+                    with_outputs=True, channels=config.channels)
+  return out["logits"]
+
+
+def conformal_section(val_out, test_out, temperature: float, alpha: float) -> dict[str, Any]:
+  """Split-conformal LAC and APS sets, calibrated on val, scored on test.
+
+  The sets are built on the temperature-scaled probabilities (what predict
+  publishes); validity needs val and test to be exchangeable.
+  """
+  val_p = selective.probabilities(val_out["logits"], temperature)
+  test_p = selective.probabilities(test_out["logits"], temperature)
+  out = conformal.conformal_summary(val_p, val_out["label"], test_p, test_out["label"],
+                                    alpha=alpha)
+  out["alpha"] = alpha
+  out["probabilities"] = "temperature-scaled"
+  return out
+
+
+def _ood_scores(logits: np.ndarray, embedding: np.ndarray, fit) -> dict[str, np.ndarray]:
+  return {"msp": ood_lib.msp(logits), "energy": ood_lib.energy(logits),
+          "mahalanobis": ood_lib.mahalanobis_score(embedding, fit)}
+
+
+def ood_section(dp, state, config, train_out, val_out, test_out, ood_sources,
+                *, num_classes: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """OOD scores, thresholds kept at :data:`OOD_TPR` of val, AUROC per far-OOD set.
+
+  The Mahalanobis class means and shared covariance come from the training
+  split's embeddings (evaluation path, no augmentation). Far-OOD images are
+  converted to the run's channels and size as predict converts its inputs.
+
+  Returns:
+    ``(summary, fit)``: the JSON-ready section and the arrays predict needs.
+  """
+  fit = ood_lib.fit_mahalanobis(train_out["embedding"], train_out["label"], num_classes)
+  val_scores = _ood_scores(val_out["logits"], val_out["embedding"], fit)
+  test_scores = _ood_scores(test_out["logits"], test_out["embedding"], fit)
+  thresholds = {k: float(ood_lib.threshold_at_tpr(v, OOD_TPR)) for k, v in val_scores.items()}
+  out_sets, sizes = {}, {}
+  for name, source in ood_sources.items():
+    images, labels = shift_lib.working_array(source, image_size=config.image_size,
+                                             channels=config.channels)
+    _, out = evaluate(dp, state, sources.ArraySource(images, np.zeros_like(labels)), config,
+                      with_outputs=True, channels=config.channels)
+    out_sets[name] = _ood_scores(out["logits"], out["embedding"], fit)
+    sizes[name] = int(len(images))
+  summary = {
+      "tpr": OOD_TPR, "thresholds": thresholds,
+      "test_flagged": {k: float(np.mean(v < thresholds[k])) for k, v in test_scores.items()},
+      "val_flagged": {k: float(np.mean(v < thresholds[k])) for k, v in val_scores.items()},
+      "sets": ood_lib.ood_summary(test_scores, out_sets, thresholds),
+      "set_sizes": sizes,
+  }
+  saved = {f"mahalanobis_{k}": np.asarray(v) for k, v in fit.items()}
+  saved.update({f"threshold_{k}": np.asarray(v, np.float64) for k, v in thresholds.items()})
+  return summary, saved
 
 
 def _json_ready(curve: dict[str, Any]) -> dict[str, Any]:

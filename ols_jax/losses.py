@@ -32,6 +32,22 @@ Methods:
                   KL(softmax(t / T) || softmax(z / T))``.
   ``ols``         Online Label Smoothing (Zhang et al., IEEE TIP 2021), see
                   :mod:`ols_jax.ols`: ``alpha * CE + (1 - alpha) * CE(S[y])``.
+  ``focal``       focal loss with a fixed ``focal_gamma`` (Lin et al. 2017),
+                  as released with Mukhoti et al. 2020 (torrvision/
+                  focal_calibration ``FocalLoss``): ``-(1 - p_y)**g log p_y``,
+                  ``p_y`` not detached in the factor.
+  ``flsd53``      focal loss with sample-dependent gamma (FLSD-53, Mukhoti et
+                  al., "Calibrating Deep Neural Networks using Focal Loss",
+                  NeurIPS 2020; ``FocalLossAdaptive`` with ``--gamma 3``):
+                  ``g = 5`` where ``p_y < 0.2``, else ``3``.
+  ``mbls``        margin-based label smoothing (Liu et al., "The Devil is in
+                  the Margin", CVPR 2022; by-liu/MbLS ``LogitMarginL1``):
+                  ``CE + mbls_alpha * mean_k relu(max_j z_j - z_k -
+                  mbls_margin)``, the max not detached.
+
+The released focal losses sum over the batch (``size_average=False``); here,
+as for every method, the training step takes the batch mean (the sum only
+rescales the learning rate by the batch size).
 
 Note the convention: for ``tfkd_paper``/``kd`` ``alpha`` weighs the *soft*
 term (as in the KD literature); for ``ols`` it weighs the *hard* term (as in
@@ -49,7 +65,11 @@ import jax.numpy as jnp
 from ols_jax import ols
 from ols_jax import ops
 
-METHODS = ("ce", "ls", "ls_kminus1", "tfkd_reg", "tfkd_paper", "kd", "ols")
+METHODS = ("ce", "ls", "ls_kminus1", "tfkd_reg", "tfkd_paper", "kd", "ols", "focal",
+           "flsd53", "mbls")
+# FLSD-53 (released FocalLossAdaptive, --gamma 3): gamma 5 below p_y = 0.2, else 3.
+FLSD53_GAMMAS = (5.0, 3.0)
+FLSD53_SWITCH = 0.2
 # Names that no longer exist, and what to use instead.
 RENAMED = {"tfkd": "'tfkd_reg' (the released Tf-KD code) or 'tfkd_paper' (the "
                    "paper-equation form, formerly 'tfkd')"}
@@ -72,6 +92,9 @@ class LossSpec:
     reg_correct_prob: ``tfkd_reg`` teacher's true-class probability (0.99).
     reg_multiplier: ``tfkd_reg`` factor on the element-mean KL (released for
       ResNet-18: 100).
+    focal_gamma: ``focal`` exponent.
+    mbls_margin: ``mbls`` logit-distance margin (released default 10).
+    mbls_alpha: ``mbls`` penalty weight (released default 0.1).
   """
 
   method: str = "ce"
@@ -85,6 +108,9 @@ class LossSpec:
   reg_temperature: float = 20.0
   reg_correct_prob: float = 0.99
   reg_multiplier: float = 100.0
+  focal_gamma: float = 3.0
+  mbls_margin: float = 10.0
+  mbls_alpha: float = 0.1
 
   def __post_init__(self):
     validate(self)
@@ -123,6 +149,12 @@ def validate(spec: LossSpec) -> None:
                      f"got {spec.reg_correct_prob!r}")
   if not spec.reg_multiplier >= 0.0:
     raise ValueError(f"reg_multiplier: expected a value >= 0, got {spec.reg_multiplier!r}")
+  if not spec.focal_gamma >= 0.0:
+    raise ValueError(f"focal_gamma: expected a value >= 0, got {spec.focal_gamma!r}")
+  if not spec.mbls_margin >= 0.0:
+    raise ValueError(f"mbls_margin: expected a value >= 0, got {spec.mbls_margin!r}")
+  if not spec.mbls_alpha >= 0.0:
+    raise ValueError(f"mbls_alpha: expected a value >= 0, got {spec.mbls_alpha!r}")
   if spec.freeze_threshold is not None and not 0.0 < spec.freeze_threshold <= 1.0:
     raise ValueError("freeze_threshold: expected None or a value in (0, 1], "
                      f"got {spec.freeze_threshold!r}")
@@ -179,6 +211,53 @@ def implied_true_class_mass(spec: LossSpec, steps: int = 20000,
   return float(jax.nn.softmax(z)[0])
 
 
+def focal_loss(logp: jax.Array, labels: jax.Array, gamma) -> jax.Array:
+  """Per-example focal loss ``-(1 - p_y)**gamma * log p_y``.
+
+  Args:
+    logp: ``(B, K)`` log-probabilities.
+    labels: ``(B,)`` integer labels.
+    gamma: a scalar or ``(B,)`` exponents.
+
+  Returns:
+    ``(B,)`` losses; gradients flow through ``p_y`` in the factor too, as in
+    the released code.
+
+  References:
+    Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017.
+  """
+  logpt = ops.label_log_prob(logp, labels)
+  if isinstance(gamma, (int, float)) and gamma == 0:
+    return -logpt  # 0**0 has a NaN gradient at p_y = 1.
+  one_minus = jnp.maximum(-jnp.expm1(logpt), 0.0)
+  return -(one_minus ** gamma) * logpt
+
+
+def flsd53_gamma(logp: jax.Array, labels: jax.Array) -> jax.Array:
+  """FLSD-53's per-example gamma: 5 where ``p_y < 0.2``, else 3 (no gradient).
+
+  References:
+    Mukhoti et al., NeurIPS 2020; torrvision/focal_calibration
+    ``Losses/focal_loss_adaptive_gamma.py`` (``gamma_dic`` {0.2: 5, 0.5: 3},
+    ``--gamma 3`` for ``p_y >= 0.5``).
+  """
+  pt = jax.lax.stop_gradient(jnp.exp(ops.label_log_prob(logp, labels)))
+  return jnp.where(pt < FLSD53_SWITCH, FLSD53_GAMMAS[0], FLSD53_GAMMAS[1])
+
+
+def logit_margin_penalty(logits: jax.Array, margin: float) -> jax.Array:
+  """MbLS's per-example penalty ``mean_k relu(max_j z_j - z_k - margin)``.
+
+  The max is not detached (as in the released ``LogitMarginL1.get_diff``).
+
+  References:
+    Liu et al., "The Devil is in the Margin: Margin-based Label Smoothing for
+    Network Calibration", CVPR 2022.
+  """
+  diff = jnp.max(logits, axis=-1, keepdims=True) - logits
+  return jnp.mean(jax.nn.relu(diff - margin), axis=-1)
+
+
 def tfkd_reg_teacher(labels: jax.Array, num_classes: int, correct_prob: float,
                      temperature: float) -> jax.Array:
   """The released Tf-KD virtual teacher, ``softmax(q / T)`` of probabilities q."""
@@ -214,6 +293,13 @@ def per_example_loss(spec: LossSpec, logits: jax.Array, labels: jax.Array, *,
     return ops.soft_cross_entropy(logp, smoothed_targets(labels, k, spec.eps))
   if spec.method == "ls_kminus1":
     return ops.soft_cross_entropy(logp, smoothed_targets_kminus1(labels, k, spec.eps))
+  if spec.method == "focal":
+    return focal_loss(logp, labels, spec.focal_gamma)
+  if spec.method == "flsd53":
+    return focal_loss(logp, labels, flsd53_gamma(logp, labels))
+  if spec.method == "mbls":
+    return (ops.hard_cross_entropy(logp, labels)
+            + spec.mbls_alpha * logit_margin_penalty(logits, spec.mbls_margin))
   if spec.method == "tfkd_reg":
     teacher = tfkd_reg_teacher(labels, k, spec.reg_correct_prob, spec.reg_temperature)
     # nn.KLDivLoss() averages over all B * K elements; times the multiplier.

@@ -363,6 +363,43 @@ def risk_coverage(curves: Mapping[str, Mapping[str, Any]], path,
   return _save(fig, path)
 
 
+def shift_curves(records: Sequence[Mapping[str, Any]], path,
+                 title: str = "Under shift") -> str:
+  """Top-1 error and ECE (raw and with the run's T) against corruption severity.
+
+  Args:
+    records: :func:`ols_jax.shift.shift_records` output (the clean set is
+      severity 0 of every line).
+    path: output PNG path.
+    title: figure title.
+
+  Returns:
+    ``path`` as a string.
+  """
+  clean = [r for r in records if r["severity"] == 0]
+  names = sorted({r["corruption"] for r in records if r["severity"] > 0})
+  if not names:
+    raise ValueError("shift_curves: no corrupted records")
+  fig = _figure(figsize=(13.0, 4.0))
+  panels = (("top1_error", "Top-1 error (%)"), ("ece", "ECE (%)"),
+            ("ece_ts", "ECE after TS (%)"))
+  for i, (key, label) in enumerate(panels):
+    ax = fig.add_subplot(1, 3, i + 1)
+    for name, style in zip(names, ("-o", "-s", "-^", "-v", "--o", "--s", "--^", "--v") * 4):
+      rows = sorted((r for r in records if r["corruption"] == name),
+                    key=lambda r: r["severity"])
+      xs = [0] + [r["severity"] for r in rows] if clean else [r["severity"] for r in rows]
+      ys = ([clean[0][key]] if clean else []) + [r[key] for r in rows]
+      ax.plot(xs, 100 * np.asarray(ys), style, markersize=3, linewidth=1.0, label=name)
+    ax.set_xlabel("Severity (0 = clean)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    if i == 0:
+      ax.legend(fontsize=7)
+  fig.suptitle(title)
+  return _save(fig, path)
+
+
 _TRAINING_PANELS = (
     ("train/loss", "Train loss"),
     ("train/accuracy", "Train accuracy"),

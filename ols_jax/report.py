@@ -65,6 +65,49 @@ def selective_section(summary: dict[str, Any]) -> list[str]:
   ]
 
 
+def trust_section(summary: dict[str, Any]) -> list[str]:
+  """Report lines on conformal sets, OOD scores and shift (empty if absent)."""
+  lines = []
+  conf = summary.get("conformal")
+  if conf:
+    lines += ["## Prediction sets (split conformal, calibrated on val)", "",
+              f"Target coverage {100 * (1 - conf['alpha']):.0f}% on "
+              f"{conf['probabilities']} probabilities.", "",
+              "| method | test coverage | mean set size | empty sets |", "|---|---|---|---|"]
+    for m in ("lac", "aps"):
+      r = conf[m]
+      lines.append(f"| {m.upper()} | {_fmt_pct(r['coverage'])} | {r['mean_size']:.2f} | "
+                   f"{_fmt_pct(r['empty_fraction'])} |")
+    lines.append("")
+  ood = summary.get("ood")
+  if ood:
+    lines += ["## Out-of-distribution flag", "",
+              f"Thresholds keep {100 * ood['tpr']:.0f}% of val; test scans flagged: " +
+              ", ".join(f"{k} {_fmt_pct(v)}" for k, v in ood["test_flagged"].items()) + ".",
+              ""]
+    if ood["sets"]:
+      lines += ["| far-OOD set | score | AUROC | FPR at 95% TPR | flagged |",
+                "|---|---|---|---|---|"]
+      for name, by_score in ood["sets"].items():
+        for k, r in by_score.items():
+          lines.append(f"| {name} ({ood['set_sizes'][name]}) | {k} | {r['auroc']:.4f} | "
+                       f"{_fmt_pct(r['fpr_at_95tpr'])} | {_fmt_pct(r['flagged_fraction'])} |")
+      lines.append("")
+  shift = summary.get("shift")
+  if shift:
+    lines += ["## Under shift (corruption suite on test, mean over severities 1-5)", "",
+              "| corruption | top-1 err (%) | ECE (%) | ECE after TS (%) | NLL |",
+              "|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["corruption"] for r in shift):
+      rows = [r for r in shift if r["corruption"] == name]
+      lines.append(f"| {name} | {100 * np.mean([r['top1_error'] for r in rows]):.2f} | "
+                   f"{100 * np.mean([r['ece'] for r in rows]):.2f} | "
+                   f"{100 * np.mean([r['ece_ts'] for r in rows]):.2f} | "
+                   f"{np.mean([r['nll'] for r in rows]):.4f} |")
+    lines.append("")
+  return lines
+
+
 def _risk_coverage_figure(evaluated, path) -> str:
   """The test risk-coverage curves, raw and temperature-scaled, with their AURCs."""
   summary = evaluated.summary
@@ -103,6 +146,9 @@ def _figures(workdir: pathlib.Path, evaluated, tsne_samples: int) -> list[str]:
         title=f"OLS soft labels after epoch {summary['num_epochs']}"))
     made.append(plots.row_entropy_curve(
         np.asarray(summary["soft_label_row_entropy"]), fig_dir / "soft_label_entropy.png"))
+  if summary.get("shift"):
+    made.append(plots.shift_curves(summary["shift"], fig_dir / "shift.png",
+                                   title=f"{method} / {summary['model']}: test under corruption"))
   if tsne_samples > 0 and len(test_out["label"]) >= 10:
     coords, idx = embeddings_lib.tsne_2d(test_out["embedding"], seed=summary["seed"],
                                          max_samples=tsne_samples)
@@ -143,7 +189,9 @@ def write_report(workdir: pathlib.Path, config, evaluated) -> None:
       metrics_table({"test": summary["test"],
                      f"test, temperature-scaled (T={summary['temperature']:.3f}, fit on val)":
                          summary["test_ts"],
-                     "val (selection split)": summary["val"]}),
+                     "val (selection split)": summary["val"],
+                     **({"dataset's own val (scored only)": summary["val_dataset"]}
+                        if "val_dataset" in summary else {})}),
       "",
       "ECE: top-label, equal-width bins `[lo, hi)` with the last bin closed; "
       "adaptive ECE: equal-mass bins; conf - acc > 0 means over-confident.",
@@ -154,7 +202,7 @@ def write_report(workdir: pathlib.Path, config, evaluated) -> None:
       f"{emb['knn_accuracy']:.4f}, intra/inter-class distance ratio "
       f"{emb['intra_inter_ratio']:.4f}.",
       "",
-  ] + selective_section(summary) + [
+  ] + selective_section(summary) + trust_section(summary) + [
       "## Settings",
       "",
       "```",

@@ -21,9 +21,7 @@ def split_logits(workdir: str | pathlib.Path, split: str = "test",
   """
   run = predict.load_run(workdir)
   config = run.config
-  dataset = data_lib.load_dataset(config.dataset, image_size=config.image_size,
-                                  data_dir=config.data_dir or None,
-                                  manual_dir=config.manual_dir or None)
+  dataset = data_lib.load_for_config(config)
   apply = jax.jit(lambda v, x: run.apply_fn(v, x, train=False))
   logits, labels = [], []
   for batch in data_lib.eval_iterator(dataset.splits[split], global_batch_size=batch_size,

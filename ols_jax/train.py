@@ -114,19 +114,32 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
 
 
 def _dataset(config) -> data_lib.Dataset:
-  """The configured dataset.
+  """The configured dataset (:func:`ols_jax.data.load_for_config`).
 
   Raises:
     DataError: it cannot be loaded, or a split is missing or empty.
   """
-  dataset = data_lib.load_dataset(
-      config.dataset, image_size=config.image_size,
-      data_dir=config.data_dir or None, manual_dir=config.manual_dir or None)
-  for split in ("train", "val", "test"):
-    if split not in dataset.splits or len(dataset.splits[split]) == 0:
-      raise data_lib.DataError(
-          f"dataset {dataset.info.name}: split {split!r} is missing or empty")
-  return dataset
+  return data_lib.load_for_config(config)
+
+
+def _ood_sources(config) -> dict[str, Any]:
+  """The test split of each far-OOD set in ``config.ood_sets``, by name.
+
+  Loaded at the run's image size where the set stores it, else at its
+  smallest size (the evaluation resizes).
+
+  Raises:
+    DataError: a set cannot be loaded.
+  """
+  out = {}
+  for name in filter(None, (n.strip() for n in str(config.ood_sets).split(","))):
+    try:
+      ds = data_lib.load_dataset(name, image_size=config.image_size,
+                                 data_dir=config.data_dir or None)
+    except data_lib.DataError:
+      ds = data_lib.load_dataset(name, data_dir=config.data_dir or None)
+    out[name] = ds.splits["test"]
+  return out
 
 
 def _flip_labels(config, info) -> Optional[np.ndarray]:
@@ -256,6 +269,7 @@ class Run:
     progress: the progress display.
     hooks: the caller's hooks at the loop's named points.
     start_time: ``time.time()`` when the run started.
+    ood_sources: the far-OOD sets of the final evaluation, by name.
   """
   config: ml_collections.ConfigDict
   workdir: pathlib.Path
@@ -272,6 +286,7 @@ class Run:
   progress: Progress
   hooks: hooks_lib.Hooks
   start_time: float
+  ood_sources: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -301,7 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     evaluated = evaluation.final(
         run.dp, run.dp.to_device(best_state), run.dataset.splits, config,
         run_fields=_run_fields(run, loop, final_step), start_time=run.start_time,
-        soft_labels=run.dp.soft_labels(state))
+        soft_labels=run.dp.soft_labels(state), ood_sources=run.ood_sources,
+        log=run.progress.message)
     write_outputs(run, evaluated)
     summary = evaluated.summary
   run.writer.close()
@@ -332,6 +348,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   workdir = pathlib.Path(workdir)
   _use_compilation_cache(config)
   dataset = _dataset(config)
+  ood_sources = _ood_sources(config)
   devices = _device_setup(config)
   _check_existing_workdir(config, workdir)
   flip_labels = _flip_labels(config, dataset.info)
@@ -362,7 +379,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
             spec=spec, schedule=schedule, steps_per_epoch=steps_per_epoch,
             flip_labels=flip_labels, dp=dp, train_args=train_args,
             checkpointer=checkpointer, writer=writer, progress=progress, hooks=hooks,
-            start_time=start_time)
+            start_time=start_time, ood_sources=ood_sources)
   return run, state, loop
 
 
@@ -396,6 +413,10 @@ def write_outputs(run: Run, evaluated: evaluation.FinalEvaluation) -> None:
   if is_main_process():
     selective.save_val_outputs(run.workdir, evaluated.val_outputs["logits"],
                                evaluated.val_outputs["label"])
+    if evaluated.ood_fit is not None:
+      tmp = run.workdir / "ood_fit.tmp.npz"
+      np.savez(tmp, **evaluated.ood_fit)
+      os.replace(tmp, run.workdir / "ood_fit.npz")
   report_lib.write_report(run.workdir, run.config, evaluated)
   run.hooks.before_final_write()
   _write_json_atomic(run.workdir / "results.json", evaluated.summary)
@@ -495,7 +516,9 @@ def _run_fields(run: Run, loop: LoopState, final_step: int) -> dict[str, Any]:
   return {
       "dataset": info.name, "class_names": list(info.class_names),
       "num_classes": info.num_classes,
-      "split_sizes": {s: len(run.dataset.splits[s]) for s in ("train", "val", "test")},
+      "split_sizes": {s: len(src) for s, src in run.dataset.splits.items()},
+      "calibration_split": config.calibration_split,
+      "config": json.loads(config.to_json_best_effort()),
       "model": config.model, "method": config.method, "seed": config.seed,
       "num_epochs": config.num_epochs, "best_epoch": loop.best_epoch,
       "select_metric": config.select_metric, "final_step": final_step,

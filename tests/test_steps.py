@@ -360,7 +360,7 @@ def test_renamed_method_is_a_clear_error():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("method", "focal"), ("alpha", 1.5), ("alpha", -0.1), ("eps", 1.0),
+    ("method", "focal_loss"), ("alpha", 1.5), ("alpha", -0.1), ("eps", 1.0),
     ("temperature", 0.0), ("tfkd_a", 1.0), ("freeze_threshold", 0.0),
     ("reg_alpha", 1.5), ("reg_temperature", 0.0), ("reg_correct_prob", 1.0),
     ("reg_multiplier", -1.0),

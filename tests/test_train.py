@@ -17,7 +17,7 @@ from ols_jax import study
 from ols_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-METHODS = ("ce", "ls", "ls_kminus1", "tfkd_reg", "tfkd_paper", "kd", "ols")
+METHODS = ("ce", "ls", "ls_kminus1", "tfkd_reg", "tfkd_paper", "kd", "ols", "focal", "flsd53", "mbls")
 
 
 def smoke_config(**overrides):
@@ -278,3 +278,36 @@ def test_two_device_runs_match_one_device(runs, tmp_path, mode):
   np.testing.assert_allclose(np.load(tmp_path / mode / "soft_labels" / "epoch_002.npy"),
                              np.load(runs["ols"][0] / "soft_labels" / "epoch_002.npy"),
                              atol=1e-4)
+
+
+def test_trust_evaluation_in_results(tmp_path):
+  """A run on the calibration split carries its config, conformal sets, OOD
+  scores against far-OOD sets and the corruption suite in results.json."""
+  from conftest import require_dataset  # pylint: disable=import-outside-toplevel
+  for name in ("brain_tumor_mri", "chest_ct", "retinamnist"):
+    require_dataset(name)
+  c = smoke_config(method="flsd53", calibration_split="test_half", shift_eval=True,
+                   ood_sets="chest_ct,retinamnist", figures=True, tsne_samples=0)
+  _, summary = train.train_and_evaluate(c, tmp_path / "run")
+  saved = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert saved["config"]["method"] == "flsd53"
+  assert saved["config"]["calibration_split"] == "test_half"
+  sizes = saved["split_sizes"]
+  assert sizes["val"] + sizes["test"] == 1281 and sizes["val_dataset"] == 531
+  assert set(saved["val_dataset"]) >= {"top1_error", "ece", "nll"}
+  for m in ("lac", "aps"):
+    r = saved["conformal"][m]
+    assert 0.0 <= r["coverage"] <= 1.0 and r["mean_size"] >= 0.0
+  ood = saved["ood"]
+  assert set(ood["sets"]) == {"chest_ct", "retinamnist"}
+  assert ood["set_sizes"]["retinamnist"] == 400
+  for name in ood["sets"]:
+    assert set(ood["sets"][name]) == {"msp", "energy", "mahalanobis"}
+  # The thresholds keep at least 95% of the validation split.
+  assert all(v <= 0.05 + 1e-9 for v in ood["val_flagged"].values())
+  assert (tmp_path / "run" / "ood_fit.npz").exists()
+  shift = saved["shift"]
+  assert len(shift) == 1 + 8 * 5 and shift[0]["corruption"] == "none"
+  np.testing.assert_allclose(shift[0]["top1_error"], saved["test"]["top1_error"], atol=1e-9)
+  assert (tmp_path / "run" / "figures" / "shift.png").exists()
+  assert "Prediction sets" in (tmp_path / "run" / "report.md").read_text()

@@ -7,6 +7,8 @@ import os
 import pathlib
 from typing import Any
 
+import numpy as np
+
 from ols_jax import paths
 from ols_jax.data import local
 from ols_jax.data import medmnist_info
@@ -109,6 +111,60 @@ def _load_medmnist(spec, image_size, data_dir, manual_dir) -> Dataset:
                {s: sources.TfdsSource(src) for s, src in splits.items()})
 
 
+def stratified_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Splits row indices into two halves, stratified by label.
+
+  For each class in label order, one ``numpy.random.default_rng(seed)``
+  (shared by all classes) permutes that class's rows; the first ``n // 2`` go
+  to the first half, the rest to the second (a class of one row lands in the
+  second). Both halves are returned sorted.
+
+  Args:
+    labels: ``(N,)`` integer labels.
+    seed: the generator's seed.
+
+  Returns:
+    ``(first, second)`` index arrays; disjoint, together ``0..N-1``.
+  """
+  labels = np.asarray(labels, dtype=np.int64)
+  rng = np.random.default_rng(seed)
+  first, second = [], []
+  for c in np.unique(labels):
+    rows = np.flatnonzero(labels == c)
+    rows = rows[rng.permutation(len(rows))]
+    first.append(rows[:len(rows) // 2])
+    second.append(rows[len(rows) // 2:])
+  return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
+
+
+def calibration_split(dataset: Dataset, seed: int = 0) -> Dataset:
+  """A hospital's calibration sample: half of the test split as validation.
+
+  The test split is halved once (:func:`stratified_halves`): the first half
+  becomes ``val`` (selection, temperature, thresholds, conformal sets), the
+  second half ``test``; the dataset's own validation split is kept as
+  ``val_dataset`` (scored, never fitted on). Calibrating on a sample of the
+  same source as the reported test split makes the two exchangeable, which
+  the dataset's own val split (often another source folder) need not be.
+
+  Args:
+    dataset: a loaded dataset with ``val`` and ``test`` splits.
+    seed: the split's seed.
+
+  Returns:
+    The dataset with ``val``, ``test`` and ``val_dataset`` replaced or added.
+  """
+  test = dataset.splits["test"]
+  cal, rest = stratified_halves(sources.source_labels(test), seed)
+  splits = dict(dataset.splits)
+  splits["val_dataset"] = splits["val"]
+  splits["val"] = sources.SubsetSource(test, cal)
+  splits["test"] = sources.SubsetSource(test, rest)
+  info = dataclasses.replace(dataset.info,
+                             split_sizes={s: len(src) for s, src in splits.items()})
+  return Dataset(info=info, splits=splits)
+
+
 def load_dataset(name: str, *, image_size: int | None = None,
                  data_dir: str | os.PathLike | None = None,
                  manual_dir: str | os.PathLike | None = None) -> Dataset:
@@ -139,3 +195,28 @@ def load_dataset(name: str, *, image_size: int | None = None,
                           manual_dir)
   raise DataError(f"unknown dataset {name!r}; valid names: "
                   f"{', '.join(dataset_names())}")
+
+
+def load_for_config(config) -> Dataset:
+  """The dataset a run config trains and evaluates on.
+
+  Loads ``config.dataset`` and, with ``config.calibration_split ==
+  'test_half'``, applies :func:`calibration_split` (so every reader of a run,
+  training or later, sees the same val and test).
+
+  Raises:
+    DataError: it cannot be loaded, or a split is missing or empty.
+  """
+  dataset = load_dataset(config.dataset, image_size=config.image_size,
+                         data_dir=config.data_dir or None,
+                         manual_dir=config.manual_dir or None)
+  for split in ("train", "val", "test"):
+    if split not in dataset.splits or len(dataset.splits[split]) == 0:
+      raise DataError(f"dataset {dataset.info.name}: split {split!r} is missing or empty")
+  if config.get("calibration_split", "dataset") == "test_half":
+    dataset = calibration_split(dataset, int(config.get("calibration_split_seed", 0)))
+    for split in ("val", "test"):
+      if len(dataset.splits[split]) == 0:
+        raise DataError(f"dataset {dataset.info.name}: the test split is too small to "
+                        f"halve (its {split} half is empty)")
+  return dataset

@@ -161,3 +161,34 @@ def list_image_files(folder: pathlib.Path) -> list[pathlib.Path]:
   """Image files directly under ``folder``, sorted by name."""
   return sorted(p for p in folder.iterdir()
                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class SubsetSource:
+  """The rows ``indices`` of another source, in that order.
+
+  In-memory sources stay in memory (``images`` / ``labels`` are the gathered
+  arrays), so the pipeline's vectorised path still applies.
+  """
+
+  def __init__(self, source: Any, indices: Sequence[int]):
+    self.source = source
+    self.indices = np.asarray(indices, dtype=np.int64)
+    stored = getattr(source, "images", None)
+    self.images = stored[self.indices] if isinstance(stored, np.ndarray) else None
+    self.labels = source_labels(source)[self.indices]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    if self.images is not None:
+      return {"image": self.images[index], "label": int(self.labels[index])}
+    return self.source[int(self.indices[index])]
+
+
+def source_labels(source: Any) -> np.ndarray:
+  """Every label of a source as int64 (read record by record if not stored)."""
+  labels = getattr(source, "labels", None)
+  if labels is not None:
+    return np.asarray(labels, dtype=np.int64)
+  return np.asarray([source[i]["label"] for i in range(len(source))], dtype=np.int64)

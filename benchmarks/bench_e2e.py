@@ -107,7 +107,8 @@ def main():
               f"job's time ({summary[s]['wall_s']:.1f} s vs {summary['torch']['wall_s']:.1f} s)")
   if a.json:
     common.write_json(a.json, {"machine": common.machine_info(), "epochs": a.epochs,
-                               "config": a.config, "runs": runs, "summary": summary})
+                               "config": common.repo_path(a.config), "runs": runs,
+                               "summary": summary})
 
 
 if __name__ == "__main__":

@@ -158,7 +158,8 @@ def main():
   fixed = (run["wall_s"] - a.epochs * train_epoch - sum(run["validation_s"])
            - run["checkpoint_s"])
   total_target = fixed + a.target_epochs * (train_epoch + per_epoch)
-  out = dict(run, machine=common.machine_info(), config=a.config, method=a.method,
+  out = dict(run, machine=common.machine_info(), config=common.repo_path(a.config),
+             method=a.method,
              devices=len(jax.devices()), fixed_batch_step_s=step_s,
              fixed_batch_images_per_s=config.batch_size / step_s,
              loop_images_per_s=spe * config.batch_size / train_epoch,

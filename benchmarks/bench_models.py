@@ -6,8 +6,9 @@ warm-up steps and reports the median images/s over several timed windows.
 Memory comes from the compiled executable's ``memory_analysis()`` (arguments +
 temporaries + outputs - aliased) and the process' peak RSS growth.
 
-Example (a few minutes on a 2-core CPU):
-  python benchmarks/bench_models.py --sizes 64 --batch 8 --json /tmp/b.json
+Example (a few minutes on a 2-core CPU; ``run_all.py --models`` runs the same
+at 64 px):
+  python benchmarks/bench_models.py --sizes 64 --batch 8 --json benchmarks/results/models_64px.json
 """
 
 from __future__ import annotations

@@ -145,6 +145,16 @@ def tree_bytes(tree) -> int:
   return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
+def repo_path(path) -> str:
+  """``path`` relative to the repository root when it lies inside it (result
+  files carry no machine-specific absolute paths), else unchanged."""
+  p = pathlib.Path(path).resolve()
+  try:
+    return str(p.relative_to(ROOT))
+  except ValueError:
+    return str(path)
+
+
 def write_json(path, obj, **kwargs) -> None:
   """Writes ``obj`` as indented JSON, creating the parent folder."""
   path = pathlib.Path(path)

@@ -2,9 +2,17 @@
 
 Modules: ``ols`` (the method), ``losses``, ``train_state``, ``steps``,
 ``parallel``, ``models``, ``data``, ``metrics``, ``calibration``,
-``embeddings``, ``train`` (``train_and_evaluate``), ``selective``
-(risk-coverage, AURC, abstention), ``predict`` (a finished run on new images),
-``study``.
+``embeddings``, ``train`` (``train_and_evaluate``), ``evaluation`` (the
+final evaluation), ``selective`` (risk-coverage, AURC, abstention),
+``conformal`` (prediction sets), ``ood`` (out-of-distribution scores),
+``corruptions`` and ``shift`` (evaluation under shift), ``predict`` (a
+finished run on new images), and the multi-run study (``sweep``,
+``sweep_report``, ``stats``).
 """
 
-__version__ = "0.1.0"
+from importlib import metadata as _metadata
+
+try:
+  __version__ = _metadata.version("ols_jax")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+  __version__ = "0+unknown"

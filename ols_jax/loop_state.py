@@ -28,6 +28,8 @@ class LoopState:
       boundary.
     entropy_history: per finished OLS epoch, the entropy of each row of S.
     finished: every epoch is done.
+    elapsed_s: wall-clock seconds of the run up to this checkpoint, summed
+      over every process that worked on it (resumes included).
   """
   epoch: int = 0
   step_in_epoch: int = 0
@@ -37,6 +39,7 @@ class LoopState:
   window_sums: Optional[Mapping[str, float]] = None
   entropy_history: tuple[tuple[float, ...], ...] = ()
   finished: bool = False
+  elapsed_s: float = 0.0
 
   def to_json(self) -> dict[str, Any]:
     """The JSON-ready dict a checkpoint holds.
@@ -54,6 +57,7 @@ class LoopState:
         "window_sums": _sums_or_none(self.window_sums),
         "entropy_history": [list(row) for row in self.entropy_history],
         "finished": self.finished,
+        "elapsed_s": self.elapsed_s,
     }
 
   @classmethod
@@ -83,7 +87,8 @@ class LoopState:
         window_sums=_sums_or_none(meta.get("window_sums")),
         entropy_history=tuple(tuple(float(h) for h in row)
                               for row in meta.get("entropy_history") or ()),
-        finished=bool(meta.get("finished", False)))
+        finished=bool(meta.get("finished", False)),
+        elapsed_s=float(meta.get("elapsed_s", 0.0)))
 
 
 def _sums_or_none(sums: Optional[Mapping[str, float]]) -> Optional[dict[str, float]]:

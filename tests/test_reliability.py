@@ -112,6 +112,7 @@ def _steps(folder: pathlib.Path) -> list[int]:
 def _load_checkpoint(step_dir: pathlib.Path):
   state = ocp.StandardCheckpointer().restore(step_dir / "state")
   meta = json.loads((step_dir / "meta" / "metadata").read_text())
+  meta.pop("elapsed_s", None)  # wall-clock, not a result
   return state, meta
 
 
@@ -210,9 +211,16 @@ def test_kill_anywhere_then_resume_is_bit_identical(reference, tmp_path):
   _killed(workdir, "final:0")
   assert not (workdir / "results.json").exists()
 
-  # (e) The same command to completion.
+  # (e) The same command to completion; wall_time_s counts every process's
+  # time up to its last checkpoint, not only the last process's.
+  before = json.loads((last / str(_steps(last)[-1]) / "meta" / "metadata").read_text())
+  assert before["elapsed_s"] > 0
+  started = time.time()
   proc = _run_entry(workdir)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  wall = json.loads((workdir / "results.json").read_text())["wall_time_s"]
+  assert wall >= before["elapsed_s"] and wall > 0
+  assert wall <= before["elapsed_s"] + (time.time() - started) + 1.0
   assert not any("tmp" in p.name for p in last.iterdir())
   _assert_same_run(_snapshot(workdir), _snapshot(reference))
 
@@ -225,12 +233,12 @@ def test_loop_state_reads_the_layout_of_older_checkpoints():
   loop = LoopState.from_json(old)
   assert (loop.epoch, loop.step_in_epoch, loop.best, loop.best_epoch) == (2, 7, 0.25, 1)
   assert loop.window_sums is None and loop.entropy_history[1] == (0.125, 0.0625)
-  assert loop.to_json() == dict(old, window_sums=None)
+  assert loop.to_json() == dict(old, window_sums=None, elapsed_s=0.0)
   assert LoopState.from_json(json.loads(json.dumps(loop.to_json()))) == loop
   assert LoopState().to_json() == {
       "epoch": 0, "step_in_epoch": 0, "best": None, "best_epoch": -1,
       "epoch_sums": None, "window_sums": None, "entropy_history": [],
-      "finished": False}
+      "finished": False, "elapsed_s": 0.0}
   with pytest.raises(ValueError, match=r"unknown field\(s\) \['bogus'\]"):
     LoopState.from_json(dict(old, bogus=1))
 

@@ -268,7 +268,9 @@ class Run:
     writer: ``metrics.jsonl`` (and TensorBoard).
     progress: the progress display.
     hooks: the caller's hooks at the loop's named points.
-    start_time: ``time.time()`` when the run started.
+    start_time: ``time.time()`` when the run started, moved back by the
+      seconds earlier processes spent on it (so ``time.time() - start_time``
+      is the run's wall-clock summed over resumes).
     ood_sources: the far-OOD sets of the final evaluation, by name.
   """
   config: ml_collections.ConfigDict
@@ -366,6 +368,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   _check_workdir(workdir)
   checkpointer = checkpointing.Checkpointer(workdir)
   state, loop = _restore(checkpointer, state, config, k)
+  start_time -= loop.elapsed_s
   _check_config_against_workdir(config, workdir)
   writer = MetricWriter(workdir / "metrics.jsonl", truncate_after_step=int(state.step),
                         tensorboard_dir=workdir / "tensorboard" if config.tensorboard else None)
@@ -615,7 +618,8 @@ def _save_mid_epoch(run: Run, state, loop: LoopState, running: _RunningSums,
   epoch_sums = jax.device_get(running.epoch)
   _check_finite(epoch_sums, running.first_bad, global_step, run.steps_per_epoch)
   position = dataclasses.replace(loop, epoch_sums=epoch_sums,
-                                 window_sums=jax.device_get(running.window))
+                                 window_sums=jax.device_get(running.window),
+                                 elapsed_s=time.time() - run.start_time)
   run.checkpointer.save_last(global_step, run.dp.to_host(state), position.to_json())
 
 
@@ -677,7 +681,8 @@ def _select_and_save(run: Run, state, loop: LoopState, score: float) -> LoopStat
   improved = loop.best is None or score < loop.best
   epoch = loop.epoch + 1
   loop = dataclasses.replace(loop, epoch=epoch, step_in_epoch=0, epoch_sums=None,
-                             window_sums=None, finished=epoch >= run.config.num_epochs)
+                             window_sums=None, finished=epoch >= run.config.num_epochs,
+                             elapsed_s=time.time() - run.start_time)
   if improved:
     loop = dataclasses.replace(loop, best=float(score), best_epoch=epoch)
   host_state = run.dp.to_host(state)

@@ -7,24 +7,44 @@ cancels. Over seeds, the per-seed differences get a Student-t interval of
 their mean (with n = 3 seeds the t quantile is 4.30: wide, by design).
 
 Per-example records (:func:`example_records`) are what the metrics need:
-correctness, top-label confidence and log-probability of the true class, raw
-and after temperature scaling (AURC from confidence and correctness).
+correctness, top-label confidence, log-probability of the true class and the
+Brier score, raw and after temperature scaling (AURC from confidence and
+correctness, adaptive ECE from confidence and correctness with equal-mass
+bins). Records collected before the Brier arrays existed still load: a metric
+whose arrays are missing is NaN (:func:`available` says which are there), and
+the report tables print it as n/a.
+
+A bootstrap draws the same example indices for every metric of a seed
+(``default_rng(seed)``), so :class:`ResampleCache` computes each run's metric
+on every resample once and any paired difference of two runs on the same seed
+is a difference of two cached vectors (the same numbers
+:func:`paired_bootstrap` gives, far fewer passes).
 
 References:
   Efron & Tibshirani, "An Introduction to the Bootstrap", 1993 (percentile
-  intervals). Guo et al., ICML 2017 (ECE with equal-width bins).
+  intervals). Guo et al., ICML 2017 (ECE with equal-width bins). Nixon et al.,
+  CVPR-W 2019 (adaptive ECE, equal-mass bins). Brier, Monthly Weather Review
+  1950 (Brier score).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
 from ols_jax import metrics as metrics_lib
 
-METRICS = ("top1_error", "ece", "nll", "ece_ts", "nll_ts", "aurc", "aurc_ts")
+METRICS = ("top1_error", "ece", "nll", "ece_ts", "nll_ts", "aurc", "aurc_ts",
+           "adaptive_ece", "adaptive_ece_ts", "brier", "brier_ts")
+
+# The record arrays each metric needs.
+_NEEDS = {"top1_error": ("correct",), "ece": ("conf", "correct"),
+          "ece_ts": ("conf_ts", "correct"), "nll": ("logp",), "nll_ts": ("logp_ts",),
+          "aurc": ("conf", "correct"), "aurc_ts": ("conf_ts", "correct"),
+          "adaptive_ece": ("conf", "correct"), "adaptive_ece_ts": ("conf_ts", "correct"),
+          "brier": ("brier",), "brier_ts": ("brier_ts",)}
 
 
 def example_records(logits: np.ndarray, labels: np.ndarray,
@@ -37,18 +57,24 @@ def example_records(logits: np.ndarray, labels: np.ndarray,
     temperature: the temperature fitted on validation.
 
   Returns:
-    ``correct`` (bool), ``conf``, ``logp`` (log-probability of the label), and
-    ``conf_ts``, ``logp_ts`` after dividing the logits by ``temperature``.
+    ``correct`` (bool), ``conf``, ``logp`` (log-probability of the label),
+    ``brier`` (``sum_k (p_k - onehot_k)^2``), and ``conf_ts``, ``logp_ts``,
+    ``brier_ts`` after dividing the logits by ``temperature``.
   """
   logits = np.asarray(logits, np.float64)
   labels = np.asarray(labels, np.int64)
+  rows = np.arange(len(labels))
   out = {"correct": np.argmax(logits, -1) == labels}
   for suffix, t in (("", 1.0), ("_ts", float(temperature))):
     z = logits / t
     z = z - z.max(-1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    probs = np.exp(logp)
+    onehot = np.zeros_like(probs)
+    onehot[rows, labels] = 1.0
     out["conf" + suffix] = np.exp(logp.max(-1))
-    out["logp" + suffix] = logp[np.arange(len(labels)), labels]
+    out["logp" + suffix] = logp[rows, labels]
+    out["brier" + suffix] = np.square(probs - onehot).sum(-1)
   return out
 
 
@@ -61,10 +87,44 @@ def ece(conf: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> float:
   return float(np.abs(correct_sum - conf_sum).sum() / max(len(conf), 1))
 
 
+def adaptive_ece(conf: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> float:
+  """Top-label ECE with equal-mass bins, as :func:`ols_jax.metrics.adaptive_ece`.
+
+  The examples are sorted by confidence (stable sort) and split into
+  ``min(num_bins, N)`` groups the way ``np.array_split`` splits them (the first
+  ``N % B`` groups one longer); NaN for no example.
+  """
+  conf = np.asarray(conf, np.float64)
+  n = conf.shape[0]
+  if n == 0:
+    return float("nan")
+  order = np.argsort(conf, kind="stable")
+  groups = min(num_bins, n)
+  size, extra = divmod(n, groups)
+  starts = np.arange(groups) * size + np.minimum(np.arange(groups), extra)
+  hit = np.add.reduceat(np.asarray(correct, np.float64)[order], starts)
+  mass = np.add.reduceat(conf[order], starts)
+  return float(np.abs(hit - mass).sum() / n)
+
+
+def available(records: Optional[Mapping[str, np.ndarray]], name: str) -> bool:
+  """Whether ``records`` hold the arrays metric ``name`` needs."""
+  if name not in _NEEDS:
+    raise ValueError(f"metric: expected one of {METRICS}, got {name!r}")
+  return records is not None and all(k in records for k in _NEEDS[name])
+
+
 def metric(records: Mapping[str, np.ndarray], name: str,
            index: np.ndarray | None = None) -> float:
-  """One of :data:`METRICS` on the examples ``index`` (default: all)."""
-  r = records if index is None else {k: v[index] for k, v in records.items()}
+  """One of :data:`METRICS` on the examples ``index`` (default: all).
+
+  NaN when ``records`` lack the metric's arrays (records collected before
+  that metric existed).
+  """
+  if not available(records, name):
+    return float("nan")
+  r = (records if index is None
+       else {k: records[k][index] for k in _NEEDS[name]})
   if name == "top1_error":
     return float(1.0 - r["correct"].mean())
   if name in ("ece", "ece_ts"):
@@ -74,7 +134,9 @@ def metric(records: Mapping[str, np.ndarray], name: str,
   if name in ("aurc", "aurc_ts"):
     from ols_jax import selective  # pylint: disable=import-outside-toplevel
     return selective.aurc(r["conf" + name[4:]], r["correct"])
-  raise ValueError(f"metric: expected one of {METRICS}, got {name!r}")
+  if name in ("adaptive_ece", "adaptive_ece_ts"):
+    return adaptive_ece(r["conf" + name[len("adaptive_ece"):]], r["correct"])
+  return float(np.mean(r[name]))  # brier, brier_ts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,15 +150,56 @@ class Interval:
   def includes_zero(self) -> bool:
     return self.low <= 0.0 <= self.high
 
+  @property
+  def missing(self) -> bool:
+    """True when the estimate is NaN (a metric the records do not hold)."""
+    return bool(np.isnan(self.estimate))
+
   def format(self, scale: float = 1.0, digits: int = 2) -> str:
+    if self.missing:
+      return "n/a"
     f = f"{{:+.{digits}f}}"
     return (f"{f.format(scale * self.estimate)} "
             f"[{f.format(scale * self.low)}, {f.format(scale * self.high)}]")
 
 
+def resample_indices(n: int, num_resamples: int, seed: int):
+  """The bootstrap's example indices, one ``(n,)`` array per resample, in order."""
+  rng = np.random.default_rng(seed)
+  for _ in range(num_resamples):
+    yield rng.integers(0, n, n)
+
+
+def resampled(records: Mapping[str, np.ndarray], names: Sequence[str], *,
+              num_resamples: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
+  """Every metric of ``names`` on every bootstrap resample of ``seed``.
+
+  Returns:
+    ``{name: (num_resamples,) values}``; all NaN for a metric the records do
+    not hold.
+  """
+  have = [m for m in names if available(records, m)]
+  out = {m: np.full(num_resamples, np.nan) for m in names}
+  if have:
+    keys = sorted({k for m in have for k in _NEEDS[m]})
+    for i, idx in enumerate(resample_indices(len(records["correct"]), num_resamples, seed)):
+      r = {k: records[k][idx] for k in keys}
+      for m in have:
+        out[m][i] = metric(r, m)
+  return out
+
+
+def _percentile_interval(estimate: float, diffs: np.ndarray, level: float) -> Interval:
+  if np.isnan(estimate) or np.isnan(diffs).any():
+    return Interval(float("nan"), float("nan"), float("nan"))
+  tail = 100 * (1 - level) / 2
+  low, high = np.percentile(diffs, [tail, 100 - tail])
+  return Interval(float(estimate), float(low), float(high))
+
+
 def paired_bootstrap(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray],
                      name: str, *, num_resamples: int = 2000, level: float = 0.95,
-                     seed: int = 0) -> Interval:
+                     seed: int = 0, name_a: Optional[str] = None) -> Interval:
   """Difference ``metric(b) - metric(a)`` with a paired percentile interval.
 
   Args:
@@ -105,31 +208,69 @@ def paired_bootstrap(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray],
     num_resamples: bootstrap resamples of the example indices.
     level: interval coverage.
     seed: resampling seed (the same indices for every metric and pair).
+    name_a: the metric of ``a`` when it differs from ``name`` (e.g. ``b``'s raw
+      ``'ece'`` against ``a``'s ``'ece_ts'``: an arm against CE + TS).
 
   Returns:
-    The observed difference and its bootstrap interval.
+    The observed difference and its bootstrap interval (NaN when a record
+    lacks the metric's arrays).
   """
+  name_a = name_a or name
   n = len(a["correct"])
   if len(b["correct"]) != n:
     raise ValueError(f"paired_bootstrap: {n} vs {len(b['correct'])} examples")
-  rng = np.random.default_rng(seed)
+  estimate = metric(b, name) - metric(a, name_a)
+  if np.isnan(estimate):
+    return Interval(float("nan"), float("nan"), float("nan"))
   diffs = np.empty(num_resamples)
-  for i in range(num_resamples):
-    idx = rng.integers(0, n, n)
-    diffs[i] = metric(b, name, idx) - metric(a, name, idx)
-  tail = 100 * (1 - level) / 2
-  low, high = np.percentile(diffs, [tail, 100 - tail])
-  return Interval(metric(b, name) - metric(a, name), float(low), float(high))
+  for i, idx in enumerate(resample_indices(n, num_resamples, seed)):
+    diffs[i] = metric(b, name, idx) - metric(a, name_a, idx)
+  return _percentile_interval(estimate, diffs, level)
+
+
+class ResampleCache:
+  """Each run's metrics on every bootstrap resample, computed once per seed.
+
+  Records are keyed by identity (the cache holds a reference, so an id is
+  never reused while cached). :meth:`paired` gives exactly what
+  :func:`paired_bootstrap` gives for the same arguments.
+  """
+
+  def __init__(self, names: Sequence[str] = METRICS, num_resamples: int = 2000):
+    self.names = tuple(names)
+    self.num_resamples = num_resamples
+    self._values: dict[tuple[int, int], tuple[Mapping, dict[str, np.ndarray]]] = {}
+
+  def values(self, records: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    key = (id(records), seed)
+    if key not in self._values:
+      self._values[key] = (records, resampled(records, self.names,
+                                              num_resamples=self.num_resamples, seed=seed))
+    return self._values[key][1]
+
+  def paired(self, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], name: str,
+             *, seed: int, level: float = 0.95, name_a: Optional[str] = None) -> Interval:
+    """``metric(b, name) - metric(a, name_a or name)``, paired bootstrap of ``seed``."""
+    name_a = name_a or name
+    if len(a["correct"]) != len(b["correct"]):
+      raise ValueError(f"paired: {len(a['correct'])} vs {len(b['correct'])} examples")
+    estimate = metric(b, name) - metric(a, name_a)
+    if np.isnan(estimate):
+      return Interval(float("nan"), float("nan"), float("nan"))
+    diffs = self.values(b, seed)[name] - self.values(a, seed)[name_a]
+    return _percentile_interval(estimate, diffs, level)
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> Interval:
   """Mean of ``values`` with a Student-t interval (n - 1 degrees of freedom).
 
   A single value gets an unbounded interval: one seed says nothing about the
-  spread over seeds.
+  spread over seeds. No value, or a NaN among them, gives a NaN interval.
   """
   from scipy import stats as scipy_stats  # pylint: disable=import-outside-toplevel
   x = np.asarray(values, np.float64)
+  if len(x) == 0 or np.isnan(x).any():
+    return Interval(float("nan"), float("nan"), float("nan"))
   mean = float(x.mean())
   if len(x) < 2:
     return Interval(mean, -np.inf, np.inf)
@@ -147,21 +288,28 @@ def sign_test_p(wins: int, n: int) -> float:
 def compare_arms(per_seed: Mapping[int, tuple[Mapping[str, np.ndarray],
                                               Mapping[str, np.ndarray]]],
                  names: Sequence[str] = METRICS, *, num_resamples: int = 2000,
-                 level: float = 0.95) -> dict[str, dict]:
+                 level: float = 0.95, cache: Optional[ResampleCache] = None,
+                 against: Optional[Mapping[str, str]] = None) -> dict[str, dict]:
   """Paired differences (b - a) per seed and over seeds, for every metric.
 
   Args:
     per_seed: ``{seed: (records_a, records_b)}``.
     names: metrics to compare.
     num_resamples, level: see :func:`paired_bootstrap`.
+    cache: a :class:`ResampleCache` (its ``num_resamples`` is used) shared
+      between comparisons; default: a new one.
+    against: ``{name: metric of a}`` where ``a``'s metric differs (``b``'s
+      ``'ece'`` against ``a``'s ``'ece_ts'``); default: the same metric.
 
   Returns:
     ``{metric: {'per_seed': {seed: Interval}, 'over_seeds': Interval}}``.
   """
+  against = against or {}
+  cache = cache or ResampleCache(tuple(dict.fromkeys([*names, *against.values()])),
+                                 num_resamples=num_resamples)
   out = {}
   for name in names:
-    seeds = {s: paired_bootstrap(a, b, name, num_resamples=num_resamples, level=level,
-                                 seed=s)
+    seeds = {s: cache.paired(a, b, name, seed=s, level=level, name_a=against.get(name))
              for s, (a, b) in sorted(per_seed.items())}
     out[name] = {"per_seed": seeds,
                  "over_seeds": t_interval([iv.estimate for iv in seeds.values()], level)}
@@ -171,6 +319,8 @@ def compare_arms(per_seed: Mapping[int, tuple[Mapping[str, np.ndarray],
 def verdict(interval: Interval, lower_is_better: bool = True,
             what: str = "b vs a") -> str:
   """Plain words for a difference interval: better, worse or not resolved."""
+  if interval.missing:
+    return f"{what}: n/a (not in the records)"
   if interval.includes_zero:
     return f"{what}: no difference resolved (interval includes 0)"
   better = (interval.high < 0) == lower_is_better

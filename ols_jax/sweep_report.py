@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -211,14 +211,16 @@ def verdict_table(results: dict[tuple[str, str], dict], calibration_allowed: boo
 
 
 def paired_table(kept: dict[str, dict[int, dict]], a: str, b: str, *,
-                 num_resamples: int = 2000) -> tuple[str, dict]:
+                 num_resamples: int = 2000,
+                 cache: Optional[stats.ResampleCache] = None) -> tuple[str, dict]:
   """Paired differences ``b - a`` (negative = b lower) per seed and over seeds."""
   seeds = sorted(set(kept.get(a, {})) & set(kept.get(b, {})))
   per_seed = {s: (kept[a][s]["records"], kept[b][s]["records"]) for s in seeds
               if kept[a][s]["records"] is not None and kept[b][s]["records"] is not None}
   if not per_seed:
     return f"(no paired runs of {a} and {b} yet)", {}
-  res = stats.compare_arms(per_seed, [m for m, _, _ in COMPARED], num_resamples=num_resamples)
+  res = stats.compare_arms(per_seed, [m for m, _, _ in COMPARED], num_resamples=num_resamples,
+                           cache=cache)
   head = ("| metric | " + " | ".join(f"seed {s}: diff [95% bootstrap CI]" for s in per_seed)
           + f" | mean over {len(per_seed)} seed(s) [95% t-interval] | resolved? |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -239,11 +241,350 @@ def paired_table(kept: dict[str, dict[int, dict]], a: str, b: str, *,
   return "\n".join(lines), res
 
 
+def _split_words(run: dict) -> str:
+  if (run.get("config") or {}).get("calibration_split") == "test_half":
+    return ("val is the calibration half of the test split, from which the selection, the "
+            "temperature, the conformal sets and the OOD thresholds come; test is the other, "
+            "reported half; dataset val is the dataset's own validation split, only scored. "
+            "The calibration half should look like test (exchangeable), the dataset val need "
+            "not")
+  return ("val is the dataset's own validation split, from which the selection and the "
+          "temperature come")
+
+
+def val_test_table(kept: dict[str, dict[int, dict]], reference: str = "ce") -> str:
+  """The reference's validation-vs-test gap per seed (error and ECE, raw).
+
+  With a calibration split the dataset's own validation split is shown too:
+  the calibration half should look like test (exchangeable), the dataset val
+  need not.
+  """
+  runs = kept.get(reference, {})
+  if not runs:
+    return ""
+  rs = [(s, runs[s]) for s in sorted(runs)]
+  with_vd = any("val_dataset" in r for _, r in rs)
+  head = ("| seed | val err % | test err % | test - val | val ECE % | test ECE % | test - val |"
+          + (" dataset val err % | dataset val ECE % |" if with_vd else ""))
+  lines = [f"CE on each split, raw probabilities. {_split_words(rs[0][1])}.", "", head,
+           "|" + "---|" * (head.count("|") - 1)]
+  def pct(d, key):
+    value = (d or {}).get(key)
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+  def gap(key):
+    v, t = r["val"].get(key), r["test"].get(key)
+    return "n/a" if v is None or t is None else f"{100 * (t - v):+.2f}"
+
+  for s, r in rs:
+    row = (f"| {s} | {pct(r['val'], 'top1_error')} | {pct(r['test'], 'top1_error')} | "
+           f"{gap('top1_error')} | {pct(r['val'], 'ece')} | {pct(r['test'], 'ece')} | "
+           f"{gap('ece')} |")
+    if with_vd:
+      vd = r.get("val_dataset")
+      row += f" {pct(vd, 'top1_error')} | {pct(vd, 'ece')} |"
+    lines.append(row)
+  return "\n".join(lines)
+
+
+# The calibration verdict: (metric, label, scale); each one but top-1 error
+# also after temperature scaling (``<metric>_ts``), which leaves the error alone.
+CAL_VERDICT = (("top1_error", "top-1 error (points)", 100), ("ece", "ECE (points)", 100),
+               ("adaptive_ece", "adaptive ECE (points)", 100), ("nll", "NLL", 1),
+               ("brier", "Brier", 1), ("aurc", "AURC (x100)", 100))
+# Calibration errors: a verdict only where the reference is over-confident.
+CALIBRATION_ERRORS = frozenset({"ece", "ece_ts", "adaptive_ece", "adaptive_ece_ts"})
+
+
+def calibration_comparisons(arm: str, reference: str = "ce"
+                            ) -> list[tuple[str, str, str, str, str, int]]:
+  """Rows of the calibration verdict of one arm against the reference.
+
+  Returns:
+    ``(comparison label, metric label, metric of the arm, metric of the
+    reference, reference words, scale)``: the arm against the reference raw,
+    the arm raw against the reference after TS, and both after TS.
+  """
+  rows = []
+  for m, label, scale in CAL_VERDICT:
+    rows.append((f"{arm} - {reference}", label, m, m, reference, scale))
+    if m == "top1_error":
+      continue
+    rows.append((f"{arm} - ({reference} + TS)", label, m, m + "_ts", f"{reference} + TS", scale))
+    rows.append((f"({arm} + TS) - ({reference} + TS)", label, m + "_ts", m + "_ts",
+                 f"{reference} + TS", scale))
+  return rows
+
+
+def _words(over: stats.Interval, n: int, who: str, ref: str, *, calibration: bool,
+           calibration_allowed: bool, lower_is_better: bool = True,
+           regime_words: str = "CE is not in the over-confident regime") -> str:
+  if over.missing:
+    return "n/a (not in the collected records)"
+  if n < 2:
+    return "none: one seed only"
+  if calibration and not calibration_allowed:
+    return f"none: {regime_words} (difference descriptive only)"
+  if over.includes_zero:
+    return "not resolved (interval includes 0)"
+  better = (over.high < 0) == lower_is_better
+  return f"{who} {'better' if better else 'worse'} than {ref}"
+
+
+def calibration_verdict_table(kept: dict[str, dict[int, dict]], cache: stats.ResampleCache,
+                              calibration_allowed: bool, reference: str = "ce") -> str:
+  """Every arm against CE and against CE + TS on every calibration metric.
+
+  Per seed a paired bootstrap of the test examples (the arm's and the
+  reference's records, same resamples), over seeds a Student-t interval of the
+  per-seed differences; negative = the arm lower = better.
+  """
+  ref_runs = kept.get(reference, {})
+  lines = ["| comparison | metric | mean diff over seeds [95% t-interval] | "
+           "seeds where the arm is lower (one-sided sign test p) | "
+           "seeds whose bootstrap CI excludes 0 | verdict |", "|---|---|---|---|---|---|"]
+  any_row = False
+  for arm, runs in kept.items():
+    if arm == reference:
+      continue
+    seeds = [s for s in sorted(set(runs) & set(ref_runs))
+             if runs[s]["records"] is not None and ref_runs[s]["records"] is not None]
+    if not seeds:
+      continue
+    who = arm
+    for comp, label, m_arm, m_ref, ref_words, scale in calibration_comparisons(arm, reference):
+      per_seed = {s: cache.paired(ref_runs[s]["records"], runs[s]["records"], m_arm,
+                                  name_a=m_ref, seed=s) for s in seeds}
+      over = stats.t_interval([iv.estimate for iv in per_seed.values()])
+      n = len(per_seed)
+      digits = 2 if scale == 100 else 3
+      who = f"{arm} + TS" if m_arm.endswith("_ts") else arm
+      words = _words(over, n, who, ref_words, calibration=m_arm in CALIBRATION_ERRORS,
+                     calibration_allowed=calibration_allowed)
+      if over.missing:
+        lines.append(f"| {comp} | {label} | n/a | | | {words} |")
+        continue
+      wins = sum(iv.estimate < 0 for iv in per_seed.values())
+      excl = [f"{s} ({'lower' if iv.high < 0 else 'higher'})" for s, iv in per_seed.items()
+              if not iv.includes_zero]
+      lines.append(f"| {comp} | {label} | {over.format(scale, digits)} | {wins}/{n} "
+                   f"(p = {stats.sign_test_p(wins, n):.3f}) | {', '.join(excl) or 'none'} | "
+                   f"{words} |")
+      any_row = True
+  return "\n".join(lines) if any_row else ""
+
+
+# ---------------------------------------------------------------------------
+# Trust under shift: corruptions, conformal sets, far-OOD detection.
+# ---------------------------------------------------------------------------
+
+
+def shift_by_corruption(run: dict, field: str) -> dict[str, float]:
+  """``field`` per corruption averaged over severities 1-5, and the clean value.
+
+  Returns:
+    ``{'clean': value, corruption: mean over its severities ..., 'mean': mean
+    over the corruptions}`` (corruptions in the order of the records); empty
+    without a ``shift`` section.
+  """
+  recs = run.get("shift") or []
+  out: dict[str, float] = {}
+  per: dict[str, list[float]] = {}
+  for r in recs:
+    if r["severity"] == 0:
+      out["clean"] = float(r[field])
+    else:
+      per.setdefault(r["corruption"], []).append(float(r[field]))
+  out.update({k: float(np.mean(v)) for k, v in per.items()})
+  if per:
+    out["mean"] = float(np.mean([out[k] for k in per]))
+  return out
+
+
+def shift_mean(run: dict, field: str) -> float:
+  """``field`` averaged over severities 1-5, then over corruptions (NaN if absent)."""
+  return shift_by_corruption(run, field).get("mean", float("nan"))
+
+
+def ood_auroc(run: dict, set_name: str, score: str) -> float:
+  """A far-OOD set's AUROC under one score (NaN if absent)."""
+  try:
+    return float(run["ood"]["sets"][set_name][score]["auroc"])
+  except (KeyError, TypeError):
+    return float("nan")
+
+
+def _ordered(items) -> list:
+  return list(dict.fromkeys(items))
+
+
+def ood_keys(kept: dict[str, dict[int, dict]]) -> list[tuple[str, str]]:
+  return _ordered((set_name, score) for runs in kept.values() for r in runs.values()
+                  for set_name, by in ((r.get("ood") or {}).get("sets") or {}).items()
+                  for score in sorted(by))
+
+
+def _pm_or_na(values: Sequence[float], scale: float, digits: int = 2) -> str:
+  x = [v for v in values if v is not None and not np.isnan(v)]
+  if not x:
+    return "n/a"
+  return _pm(x, scale, digits) + ("" if len(x) == len(values) else f" ({len(x)} seeds)")
+
+
+def shift_tables(kept: dict[str, dict[int, dict]]) -> str:
+  """ECE and error under each corruption, and a summary over corruptions."""
+  with_shift = {arm: [runs[s] for s in sorted(runs) if runs[s].get("shift")]
+                for arm, runs in kept.items()}
+  with_shift = {a: rs for a, rs in with_shift.items() if rs}
+  if not with_shift:
+    return ""
+  cols = _ordered(k for rs in with_shift.values() for r in rs
+                  for k in shift_by_corruption(r, "ece"))
+  cols = ["clean"] + [c for c in cols if c not in ("clean", "mean")] + ["mean"]
+  parts = []
+  for field, title in (("ece", "ECE %"), ("ece_ts", "ECE after TS % (T fitted on clean val)"),
+                       ("top1_error", "Top-1 error %")):
+    head = "| arm | " + " | ".join("mean over corruptions" if c == "mean" else c
+                                   for c in cols) + " |"
+    lines = [f"{title} on the test split under each corruption, averaged over severities "
+             "1-5 (clean: the uncorrupted test split), mean ± std over seeds:", "", head,
+             "|" + "---|" * (head.count("|") - 1)]
+    for arm, rs in with_shift.items():
+      by = [shift_by_corruption(r, field) for r in rs]
+      lines.append(f"| {arm} | " + " | ".join(
+          _pm_or_na([b.get(c, float("nan")) for b in by], 100) for c in cols) + " |")
+    parts.append("\n".join(lines))
+  head = ("| arm | seeds | ECE % | ECE after TS % | NLL | NLL after TS | top-1 err % | "
+          "AURC (x100) |")
+  lines = ["Mean over corruptions and severities 1-5, mean ± std over seeds:", "", head,
+           "|" + "---|" * (head.count("|") - 1)]
+  for arm, rs in with_shift.items():
+    cells = [_pm_or_na([shift_mean(r, f) for r in rs], sc, d)
+             for f, sc, d in (("ece", 100, 2), ("ece_ts", 100, 2), ("nll", 1, 3),
+                              ("nll_ts", 1, 3), ("top1_error", 100, 2), ("aurc", 100, 2))]
+    lines.append(f"| {arm} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells)
+                 + " |")
+  parts.append("\n".join(lines))
+  return "\n\n".join(parts)
+
+
+def conformal_table(kept: dict[str, dict[int, dict]]) -> str:
+  """Split-conformal LAC and APS sets on test: coverage, mean size, empty sets."""
+  rows = []
+  alpha = None
+  for arm, runs in kept.items():
+    rs = [runs[s] for s in sorted(runs) if runs[s].get("conformal")]
+    if not rs:
+      continue
+    alpha = rs[0]["conformal"].get("alpha", alpha)
+    cells = []
+    for method in ("lac", "aps"):
+      c = [r["conformal"].get(method, {}) for r in rs]
+      cells += [_pm_or_na([x.get("coverage", np.nan) for x in c], 100, 1),
+                _pm_or_na([x.get("mean_size", np.nan) for x in c], 1, 2),
+                _pm_or_na([x.get("empty_fraction", np.nan) for x in c], 100, 1)]
+    rows.append(f"| {arm} | " + " | ".join(cells) + " |")
+  if not rows:
+    return ""
+  target = f"{100 * (1 - alpha):.0f}%" if alpha is not None else "1 - alpha"
+  head = ("| arm | LAC coverage % | LAC mean set size | LAC empty % | APS coverage % | "
+          "APS mean set size | APS empty % |")
+  return "\n".join([f"Split-conformal prediction sets on test (temperature-scaled "
+                    f"probabilities, calibrated on val; target coverage {target}), "
+                    "mean ± std over seeds:", "", head, "|" + "---|" * (head.count("|") - 1)]
+                   + rows)
+
+
+def ood_table(kept: dict[str, dict[int, dict]]) -> str:
+  """Far-OOD AUROC per set and score (test split = in-distribution)."""
+  keys = ood_keys(kept)
+  if not keys:
+    return ""
+  sizes = {}
+  for runs in kept.values():
+    for r in runs.values():
+      sizes.update((r.get("ood") or {}).get("set_sizes") or {})
+  head = "| arm | " + " | ".join(f"{s} {sc}" for s, sc in keys) + " |"
+  lines = ["Far-OOD detection, AUROC % (test split against each far-OOD set; "
+           + ", ".join(f"{k}: {v} images" for k, v in sizes.items())
+           + "), mean ± std over seeds:", "", head, "|" + "---|" * (head.count("|") - 1)]
+  for arm, runs in kept.items():
+    rs = [runs[s] for s in sorted(runs) if runs[s].get("ood")]
+    if rs:
+      lines.append(f"| {arm} | " + " | ".join(
+          _pm_or_na([ood_auroc(r, s, sc) for r in rs], 100, 1) for s, sc in keys) + " |")
+  return "\n".join(lines)
+
+
+def trust_quantities(kept: dict[str, dict[int, dict]]) -> list[tuple[str, Any, int, bool]]:
+  """``(label, run -> value, scale, lower_is_better)`` of the paired shift/OOD table."""
+  out = []
+  if any(r.get("shift") for runs in kept.values() for r in runs.values()):
+    out += [("mean shifted ECE (points)", lambda r: shift_mean(r, "ece"), 100, True),
+            ("mean shifted ECE after TS (points)", lambda r: shift_mean(r, "ece_ts"), 100, True),
+            ("mean shifted top-1 error (points)", lambda r: shift_mean(r, "top1_error"), 100,
+             True)]
+  for set_name, score in ood_keys(kept):
+    out.append((f"OOD AUROC {set_name} {score} (points)",
+                lambda r, s=set_name, sc=score: ood_auroc(r, s, sc), 100, False))
+  return out
+
+
+def trust_paired_table(kept: dict[str, dict[int, dict]], reference: str = "ce") -> str:
+  """``arm - reference`` per seed and a t-interval over seeds, shift and OOD."""
+  quantities = trust_quantities(kept)
+  ref = kept.get(reference, {})
+  if not quantities or not ref:
+    return ""
+  lines = ["| comparison | quantity | per-seed differences | mean over seeds [95% t-interval] | "
+           "verdict |", "|---|---|---|---|---|"]
+  for arm, runs in kept.items():
+    if arm == reference:
+      continue
+    seeds = sorted(set(runs) & set(ref))
+    for label, get, scale, lower in quantities:
+      diffs = {s: get(runs[s]) - get(ref[s]) for s in seeds}
+      diffs = {s: d for s, d in diffs.items() if not np.isnan(d)}
+      if not diffs:
+        continue
+      over = stats.t_interval(list(diffs.values()))
+      words = _words(over, len(diffs), arm, reference, calibration=False,
+                     calibration_allowed=True, lower_is_better=lower)
+      lines.append(f"| {arm} - {reference} | {label} | "
+                   + ", ".join(f"{s}: {scale * d:+.2f}" for s, d in diffs.items())
+                   + f" | {over.format(scale, 2)} | {words} |")
+  return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def trust_section(kept: dict[str, dict[int, dict]], reference: str = "ce") -> list[str]:
+  """The "trust under shift" section's lines; empty when no run has the keys."""
+  parts = [t for t in (shift_tables(kept), conformal_table(kept), ood_table(kept)) if t]
+  if not parts:
+    return []
+  out = ["## Trust under shift: corruptions, conformal sets, far-OOD detection", ""]
+  for t in parts:
+    out += [t, ""]
+  paired = trust_paired_table(kept, reference)
+  if paired:
+    out += [f"Paired over seeds, arm minus {reference} (same seed): per-seed differences and a "
+            "Student-t interval of their mean. Lower is better for ECE and error, higher for "
+            "AUROC; the verdict needs two seeds and an interval that excludes 0.", "",
+            paired, ""]
+  return out
+
+
 def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
-                  comparisons: Sequence[tuple[str, str]] = ()) -> pathlib.Path:
-  """``summary.md`` and ``curves.png`` of a collected sweep."""
+                  comparisons: Sequence[tuple[str, str]] = (), *,
+                  num_resamples: int = 2000) -> pathlib.Path:
+  """``summary.md`` and ``curves.png`` of a collected sweep.
+
+  Sections that need results.json keys newer sweeps write (``val_dataset``,
+  ``shift``, ``conformal``, ``ood``) are left out when no run has them; record
+  metrics older collected records lack (Brier) are printed as n/a.
+  """
   folder = pathlib.Path(folder)
   kept = kept_runs(sweep, folder)
+  cache = stats.ResampleCache(num_resamples=num_resamples)
   plots.arm_curves({arm: [_epoch_records(runs[s]) for s in sorted(runs)]
                     for arm, runs in kept.items() if runs},
                    folder / "curves.png", title=sweep.title)
@@ -256,22 +597,38 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
            arm_table(kept), "",
            "Validation curves of the kept settings (every seed): `curves.png`.", "",
            "## Regime of the reference (CE)", "", regime_lines(kept), ""]
+  gap = val_test_table(kept)
+  if gap:
+    parts += [gap, ""]
   sections, results = [], {}
   for a, b in comparisons:
-    table, res = paired_table(kept, a, b)
+    table, res = paired_table(kept, a, b, num_resamples=num_resamples, cache=cache)
     if res:
       results[(a, b)] = res
     sections += [f"## Paired differences: {b} minus {a}", "",
                  "Negative = lower for " + b + " (better for every metric listed). "
-                 "Per seed: 2,000 paired bootstrap resamples of the test examples. Over seeds: "
-                 "Student-t interval of the mean per-seed difference.", "", table, ""]
+                 f"Per seed: {num_resamples:,} paired bootstrap resamples of the test examples. "
+                 "Over seeds: Student-t interval of the mean per-seed difference.", "", table,
+                 ""]
   allowed = calibration_verdict_allowed(kept)
   parts += ["## Verdict, in words", "",
             "Negative differences = b lower = b better. A verdict needs at least two seeds and "
             "an over-seeds interval that excludes 0; ECE rows carry a verdict only when CE is "
             "in the over-confident regime on every seed "
             f"({'it is' if allowed else 'it is not'}, see above).", "",
-            verdict_table(results, allowed), ""] + sections
+            verdict_table(results, allowed), ""]
+  cal = calibration_verdict_table(kept, cache, allowed)
+  if cal:
+    parts += ["## Calibration verdict: every arm against CE and against CE + TS", "",
+              "Each arm against CE raw, the arm raw against CE after temperature scaling "
+              "(CE + TS: the cheap post-hoc baseline a training-time method has to beat), and "
+              f"both after TS. Per seed: {num_resamples:,} paired bootstrap resamples of the "
+              "test examples; over seeds: Student-t interval of the mean per-seed difference. "
+              "Negative = the arm lower = better. ECE and adaptive ECE rows carry a verdict "
+              "only when CE is in the over-confident regime on every seed; n/a = not in the "
+              "collected records "
+              "(collected before that metric was recorded).", "", cal, ""]
+  parts += trust_section(kept) + sections
   path = folder / "summary.md"
   tmp = folder / "summary.md.tmp"
   tmp.write_text("\n".join(parts))

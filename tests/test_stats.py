@@ -95,3 +95,75 @@ def test_aurc_metric_matches_selective():
                              selective.aurc(rec["conf"], rec["correct"]))
   np.testing.assert_allclose(stats.metric(rec, "aurc_ts"),
                              selective.aurc(rec["conf_ts"], rec["correct"]))
+
+
+def _softmax(z):
+  z = np.asarray(z, np.float64)
+  z = z - z.max(-1, keepdims=True)
+  e = np.exp(z)
+  return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.6, 2.5])
+def test_adaptive_ece_and_brier_records_match_the_metrics_module(temperature):
+  logits, labels = _logits(n=613)  # 613 = 15 * 40 + 13: uneven equal-mass bins
+  rec = stats.example_records(logits, labels, temperature)
+  for suffix, t in (("", 1.0), ("_ts", temperature)):
+    probs = _softmax(logits.astype(np.float64) / t)  # as example_records: float64
+    np.testing.assert_allclose(stats.metric(rec, "adaptive_ece" + suffix),
+                               metrics_lib.adaptive_ece(probs, labels), rtol=1e-12, atol=1e-15)
+    onehot = np.eye(probs.shape[1])[labels]
+    np.testing.assert_allclose(rec["brier" + suffix], ((probs - onehot) ** 2).sum(-1),
+                               rtol=1e-10)
+    want = metrics_lib.finalize(metrics_lib.eval_sums(jnp.asarray(logits / t),
+                                                      jnp.asarray(labels)))
+    np.testing.assert_allclose(stats.metric(rec, "brier" + suffix), want["brier"], rtol=1e-5)
+  # As collected (float32 arrays), still within the collector's tolerance.
+  stored = {k: (v if v.dtype == bool else v.astype(np.float32)) for k, v in rec.items()}
+  for name in ("adaptive_ece", "adaptive_ece_ts", "brier", "brier_ts"):
+    assert abs(stats.metric(stored, name) - stats.metric(rec, name)) < 1e-5
+
+
+@pytest.mark.parametrize("n", [1, 7, 15, 16, 31])
+def test_adaptive_ece_bins_split_like_array_split(n):
+  rng = np.random.default_rng(n)
+  probs = _softmax(rng.normal(size=(n, 4)) * 2)
+  labels = rng.integers(0, 4, n)
+  correct = probs.argmax(1) == labels
+  np.testing.assert_allclose(stats.adaptive_ece(probs.max(1), correct),
+                             metrics_lib.adaptive_ece(probs, labels), rtol=1e-12, atol=1e-15)
+  assert np.isnan(stats.adaptive_ece(np.zeros(0), np.zeros(0, bool)))
+
+
+def test_records_without_brier_give_na_not_a_crash():
+  logits, labels = _logits(n=200)
+  rec = stats.example_records(logits, labels, 1.4)
+  old = {k: v for k, v in rec.items() if not k.startswith("brier")}
+  assert not stats.available(old, "brier") and stats.available(old, "adaptive_ece_ts")
+  assert np.isnan(stats.metric(old, "brier_ts"))
+  iv = stats.paired_bootstrap(old, rec, "brier", num_resamples=20)
+  assert iv.missing and iv.format(1) == "n/a" and "n/a" in stats.verdict(iv)
+  res = stats.compare_arms({0: (old, rec), 1: (old, rec)}, ("brier", "nll"), num_resamples=20)
+  assert res["brier"]["over_seeds"].missing
+  assert res["nll"]["over_seeds"].estimate == 0.0
+  assert stats.t_interval([]).missing and stats.t_interval([1.0, np.nan]).missing
+  with pytest.raises(ValueError):
+    stats.metric(rec, "nope")
+
+
+def test_cache_gives_the_paired_bootstrap_and_cross_metric_pairs():
+  logits, labels = _logits(n=300)
+  a = stats.example_records(logits, labels, 1.7)
+  b = stats.example_records(logits * 0.8 + 0.3, labels, 1.1)
+  cache = stats.ResampleCache(num_resamples=150)
+  for name, name_a in (("ece", None), ("nll_ts", None), ("adaptive_ece", "adaptive_ece_ts"),
+                       ("brier", "brier_ts"), ("aurc", "aurc_ts")):
+    want = stats.paired_bootstrap(a, b, name, num_resamples=150, seed=3, name_a=name_a)
+    got = cache.paired(a, b, name, seed=3, name_a=name_a)
+    assert got == want
+    np.testing.assert_allclose(
+        want.estimate, stats.metric(b, name) - stats.metric(a, name_a or name))
+  # One pass per (records, seed): a second comparison reuses the values.
+  assert len(cache._values) == 2  # pylint: disable=protected-access
+  res = stats.compare_arms({3: (a, b)}, ("ece",), against={"ece": "ece_ts"}, cache=cache)
+  assert res["ece"]["per_seed"][3] == cache.paired(a, b, "ece", seed=3, name_a="ece_ts")

@@ -1,9 +1,13 @@
 """Tuned comparisons: candidate grids, selection on validation, the report."""
 
 import json
+import pathlib
 
 import numpy as np
+import pytest
+from scipy import stats as scipy_stats
 
+from ols_jax import metrics as metrics_lib
 from ols_jax import stats
 from ols_jax import sweep as sweep_lib
 from ols_jax import sweep_report
@@ -12,6 +16,7 @@ ARMS = (sweep_lib.Arm("ce", "ce"),
         sweep_lib.Arm("ls", "ls", grid=(("eps", (0.05, 0.1)),)),
         sweep_lib.Arm("ols_zeros", "ols", fixed=(("ols_init", "zeros"),),
                       grid=(("alpha", (0.3, 0.7)),)))
+REPO = pathlib.Path(__file__).resolve().parent.parent
 SWEEP = sweep_lib.Sweep("toy", "Toy sweep", "experiments/configs/smoke.py", "tiny_cnn", ARMS,
                         seeds=(0, 1))
 
@@ -114,3 +119,191 @@ def test_verdict_words_follow_intervals_and_regime():
   allowed = sweep_report.verdict_table(results, calibration_allowed=True)
   assert "| ECE (points) | -200.00 [-350.00, -50.00] | 3/3" in allowed
   assert allowed.splitlines()[3].endswith("| ols better than ce |")
+
+
+# ---------------------------------------------------------------------------
+# The calibration verdict's sections, from a synthetic collected folder.
+# ---------------------------------------------------------------------------
+
+KEPT = {"ce": "ce", "ls": "ls_eps0.1", "ols_zeros": "ols_zeros_alpha0.3"}
+CORRUPTIONS = ("noise", "blur")
+
+
+def _collected_run(dest, seed, logits, labels, rng, *, new_keys=True, train_acc=0.9):
+  """One collected run: seed<k>.json, metrics.jsonl and float32 records."""
+  rec = stats.example_records(logits, labels, 1.5)
+  dest.mkdir(parents=True, exist_ok=True)
+  test = {k: stats.metric(rec, k) for k in ("top1_error", "ece", "nll", "adaptive_ece",
+                                            "brier", "aurc")}
+  test_ts = {k: stats.metric(rec, k + "_ts") for k in ("ece", "nll", "adaptive_ece", "brier",
+                                                       "aurc")}
+  for d in (test, test_ts):
+    d.update(top1_error=test["top1_error"], top5_error=0.0, calibration_gap=0.02)
+  r = {"val": {"nll": 1.0, "top1_error": float(rng.uniform(0.2, 0.4)),
+               "ece": float(rng.uniform(0.01, 0.1))},
+       "test": test, "test_ts": test_ts, "temperature": 1.5, "seed": seed,
+       "wall_time_s": float(rng.uniform(100, 200))}
+  if new_keys:
+    r["config"] = {"calibration_split": "test_half"}
+    r["val_dataset"] = {"top1_error": float(rng.uniform(0.3, 0.5)),
+                        "ece": float(rng.uniform(0.05, 0.2))}
+    r["conformal"] = {"alpha": 0.1, **{m: {
+        "coverage": float(rng.uniform(0.85, 0.95)), "mean_size": float(rng.uniform(1, 3)),
+        "empty_fraction": float(rng.uniform(0, 0.05)), "qhat": 0.9, "target_coverage": 0.9}
+        for m in ("lac", "aps")}}
+    r["ood"] = {"set_sizes": {"far": 50}, "sets": {"far": {
+        s: {"auroc": float(rng.uniform(0.6, 0.95)), "fpr_at_95tpr": 0.5, "flagged_fraction": 0.3}
+        for s in ("msp", "mahalanobis")}}}
+    r["shift"] = [{"corruption": "none", "severity": 0, "top1_error": test["top1_error"],
+                   "ece": test["ece"], "nll": test["nll"], "ece_ts": test_ts["ece"],
+                   "nll_ts": test_ts["nll"], "aurc": test["aurc"]}]
+    for c in CORRUPTIONS:
+      for sev in range(1, 6):
+        r["shift"].append({"corruption": c, "severity": sev,
+                           **{k: float(rng.uniform(0, 1)) for k in
+                              ("top1_error", "ece", "nll", "ece_ts", "nll_ts", "aurc")}})
+  (dest / f"seed{seed}.json").write_text(json.dumps(r))
+  (dest / f"seed{seed}_metrics.jsonl").write_text(json.dumps(
+      {"epoch": 1, "eval/top1_error": 0.3, "eval/nll": 1.0, "eval/ece": 0.1,
+       "train/accuracy": train_acc}) + "\n")
+  keep = [k for k in rec if new_keys or not k.startswith("brier")]
+  np.savez(dest / f"seed{seed}_records.npz",
+           **{k: rec[k] if k == "correct" else rec[k].astype(np.float32) for k in keep})
+  return r
+
+
+def _collected_folder(root, *, new_keys=True, seeds=(0, 1)):
+  """A collected sweep in ``root``; ls has a clearly lower NLL than ce on each seed."""
+  rng = np.random.default_rng(7)
+  (root / "selection.json").write_text(json.dumps({"rule": "r", "arms": {
+      a: {"folder": f, "candidate": [], "scores": {}} for a, f in KEPT.items()}}))
+  runs = {a: {} for a in KEPT}
+  for seed in seeds:
+    labels = rng.integers(0, 3, 200)
+    base = rng.normal(size=(200, 3)) * 2
+    boost = np.eye(3)[labels] * 3.0
+    for arm, logits in (("ce", base), ("ls", base + boost),
+                        ("ols_zeros", base + rng.normal(size=(200, 3)))):
+      runs[arm][seed] = _collected_run(root / "tiny_cnn" / KEPT[arm], seed, logits, labels, rng,
+                                       new_keys=new_keys)
+  return runs
+
+
+def _loaded_records(root, arm, seed):
+  return dict(np.load(root / "tiny_cnn" / KEPT[arm] / f"seed{seed}_records.npz"))
+
+
+def _t(values):
+  x = np.asarray(values, np.float64)
+  half = scipy_stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+  return x.mean(), x.mean() - half, x.mean() + half
+
+
+def _section(text, title):
+  return text.split(f"\n## {title}")[1].split("\n## ")[0]
+
+
+def _row(text, start):
+  rows = [line for line in text.splitlines() if line.startswith(start)]
+  assert len(rows) == 1, (start, rows)
+  return rows[0]
+
+
+def test_calibration_sections_against_hand_computations(tmp_path):
+  runs = _collected_folder(tmp_path)
+  text = sweep_report.write_summary(SWEEP, tmp_path, [("ce", "ls")], num_resamples=100
+                                    ).read_text()
+  # (a) CE's validation-vs-test gap, with the dataset's own val split.
+  r0 = runs["ce"][0]
+  want = (f"| 0 | {100 * r0['val']['top1_error']:.2f} | {100 * r0['test']['top1_error']:.2f} | "
+          f"{100 * (r0['test']['top1_error'] - r0['val']['top1_error']):+.2f} | "
+          f"{100 * r0['val']['ece']:.2f} | {100 * r0['test']['ece']:.2f} | "
+          f"{100 * (r0['test']['ece'] - r0['val']['ece']):+.2f} | "
+          f"{100 * r0['val_dataset']['top1_error']:.2f} | {100 * r0['val_dataset']['ece']:.2f} |")
+  assert want in text
+  assert "val is the calibration half of the test split" in text
+  # (b) arm raw against CE + TS: per-seed differences of the records, t over seeds.
+  full, text = text, _section(text, "Calibration verdict")
+  recs = {(a, s): _loaded_records(tmp_path, a, s) for a in KEPT for s in (0, 1)}
+  for metric, label, scale, digits in (("ece", "ECE (points)", 100, 2),
+                                       ("brier", "Brier", 1, 3),
+                                       ("adaptive_ece", "adaptive ECE (points)", 100, 2)):
+    d = [stats.metric(recs["ls", s], metric) - stats.metric(recs["ce", s], metric + "_ts")
+         for s in (0, 1)]
+    mean, low, high = (scale * v for v in _t(d))
+    row = _row(text, f"| ls - (ce + TS) | {label} |")
+    assert f"| {mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] |" in row
+  d = [stats.metric(recs["ls", s], "nll_ts") - stats.metric(recs["ce", s], "nll_ts")
+       for s in (0, 1)]
+  mean, low, high = _t(d)
+  row = _row(text, "| (ls + TS) - (ce + TS) | NLL |")
+  assert f"| {mean:+.3f} [{low:+.3f}, {high:+.3f}] | 2/2 (p = 0.250) |" in row
+  assert high < 0 and row.endswith("| ls + TS better than ce + TS |")
+  assert _row(text, "| ls - ce | ECE (points) |").endswith(
+      "| none: CE is not in the over-confident regime (difference descriptive only) |")
+  assert "| ols_zeros - ce | Brier |" in text
+  assert "| ls - (ce + TS) | top-1 error" not in text  # TS leaves the error alone
+  text = full
+  # (c) shift: ECE per corruption averaged over severities 1-5, mean ± std over seeds.
+  def by(r, field, c):
+    return np.mean([x[field] for x in r["shift"] if x["corruption"] == c])
+  noise = [100 * by(runs["ls"][s], "ece", "noise") for s in (0, 1)]
+  mean_ece = [100 * np.mean([by(runs["ls"][s], "ece", c) for c in CORRUPTIONS])
+              for s in (0, 1)]
+  clean = [100 * runs["ls"][s]["test"]["ece"] for s in (0, 1)]
+  trust = _section(text, "Trust under shift")
+  row = [line for line in trust.splitlines() if line.startswith("| ls | ")][0]  # ECE table
+  assert row.startswith(f"| ls | {np.mean(clean):.2f} ± {np.std(clean, ddof=1):.2f} | "
+                        f"{np.mean(noise):.2f} ± {np.std(noise, ddof=1):.2f} |")
+  assert row.endswith(f"| {np.mean(mean_ece):.2f} ± {np.std(mean_ece, ddof=1):.2f} |")
+  # Conformal and OOD tables.
+  lac = [100 * runs["ols_zeros"][s]["conformal"]["lac"]["coverage"] for s in (0, 1)]
+  assert f"| ols_zeros | {np.mean(lac):.1f} ± {np.std(lac, ddof=1):.1f} |" in text
+  assert "target coverage 90%" in text and "far: 50 images" in text
+  # Paired over seeds: mean shifted ECE and each OOD AUROC, arm minus CE.
+  d = [np.mean([by(runs["ls"][s], "ece", c) for c in CORRUPTIONS])
+       - np.mean([by(runs["ce"][s], "ece", c) for c in CORRUPTIONS]) for s in (0, 1)]
+  mean, low, high = (100 * v for v in _t(d))
+  row = _row(text, "| ls - ce | mean shifted ECE (points) |")
+  assert (f"0: {100 * d[0]:+.2f}, 1: {100 * d[1]:+.2f} | {mean:+.2f} [{low:+.2f}, "
+          f"{high:+.2f}] |") in row
+  d = [runs["ols_zeros"][s]["ood"]["sets"]["far"]["mahalanobis"]["auroc"]
+       - runs["ce"][s]["ood"]["sets"]["far"]["mahalanobis"]["auroc"] for s in (0, 1)]
+  mean, low, high = (100 * v for v in _t(d))
+  row = _row(text, "| ols_zeros - ce | OOD AUROC far mahalanobis (points) |")
+  assert f"| {mean:+.2f} [{low:+.2f}, {high:+.2f}] |" in row
+  assert "| ols_zeros - ce | OOD AUROC far msp (points) |" in text
+
+
+def test_older_collected_folder_omits_the_new_sections(tmp_path):
+  _collected_folder(tmp_path, new_keys=False)
+  text = sweep_report.write_summary(SWEEP, tmp_path, [("ce", "ls")], num_resamples=50
+                                    ).read_text()
+  assert "## Trust under shift" not in text and "dataset val" not in text
+  assert "val is the dataset's own validation split" in text
+  assert _row(_section(text, "Calibration verdict"), "| ls - (ce + TS) | Brier |") == (
+      "| ls - (ce + TS) | Brier | n/a | | | n/a (not in the collected records) |")
+  assert "| ls - (ce + TS) | adaptive ECE (points) | +" in text or \
+         "| ls - (ce + TS) | adaptive ECE (points) | -" in text
+  assert "## Paired differences: ls minus ce" in text
+
+
+def test_collector_saves_and_checks_the_new_arrays(tmp_path, monkeypatch):
+  monkeypatch.syspath_prepend(str(REPO / "experiments"))
+  import collect_sweep  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  logits, labels = rng.normal(size=(120, 4)) * 3, rng.integers(0, 4, 120)
+  rec = stats.example_records(logits, labels, 0.8)
+  probs = np.exp(logits / 0.8 - np.log(np.exp(logits / 0.8).sum(-1, keepdims=True)))
+  results = {"test": {k: stats.metric(rec, k) for k in ("top1_error", "ece", "nll", "brier")},
+             "test_ts": {"brier": stats.metric(rec, "brier_ts"),
+                         "adaptive_ece": metrics_lib.adaptive_ece(probs, labels)}}
+  path = tmp_path / "seed0_records.npz"
+  collect_sweep.save_records(rec, results, path, where="toy")
+  saved = dict(np.load(path))
+  assert set(saved) == {"correct", "conf", "logp", "brier", "conf_ts", "logp_ts", "brier_ts"}
+  np.testing.assert_allclose(stats.metric(saved, "brier_ts"), results["test_ts"]["brier"],
+                             atol=1e-6)
+  results["test"]["brier"] += 0.01
+  with pytest.raises(SystemExit, match="brier"):
+    collect_sweep.save_records(rec, results, tmp_path / "bad.npz", where="toy")

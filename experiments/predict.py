@@ -1,4 +1,5 @@
-"""Classify new scans with a finished run: calibrated probabilities and abstention.
+"""Classify new scans with a finished run: calibrated probabilities, abstention,
+conformal prediction sets and an out-of-distribution flag.
 
   python experiments/predict.py --workdir=runs/smoke --input=scans/ --output=preds.csv
   python experiments/predict.py --workdir=runs/smoke \
@@ -7,7 +8,10 @@
 
 Inputs: a folder tree or one file of images (PNG, JPEG, TIFF, ...) or DICOM
 files, or one split of a MedMNIST-layout npz. Writes one row per image (CSV
-or JSONL by the output's suffix).
+or JSONL by the output's suffix) with the prediction, its confidence,
+``abstain``, ``prediction_set`` (split-conformal, ``--conformal=aps|lac`` at
+``1 - --conformal_alpha`` coverage), ``ood_score`` and ``ood``
+(``--ood_score=mahalanobis|energy|msp``, threshold keeping 95% of validation).
 """
 
 import sys
@@ -32,6 +36,19 @@ _TARGET = flags.DEFINE_float(
     "target_accuracy", None,
     "Abstention target accuracy other than the run's (needs the run's "
     "val_outputs.npz; otherwise the stored threshold is used).")
+_NO_SETS = flags.DEFINE_bool("no_sets", False, "No conformal prediction sets.")
+_CONFORMAL = flags.DEFINE_string(
+    "conformal", "aps", "Prediction-set method: aps or lac (calibrated on the run's "
+    "val_outputs.npz with the published probabilities).")
+_CONFORMAL_ALPHA = flags.DEFINE_float(
+    "conformal_alpha", None,
+    "Miscoverage level: sets target 1 - alpha coverage (default: the run's "
+    "config.conformal_alpha).")
+_NO_OOD = flags.DEFINE_bool("no_ood", False, "No out-of-distribution score and flag.")
+_OOD_SCORE = flags.DEFINE_string(
+    "ood_score", None,
+    "OOD score: mahalanobis, energy or msp (default: mahalanobis when the run saved "
+    "ood_fit.npz, else energy); flagged below the threshold keeping 95% of val.")
 _SKIP_BAD = flags.DEFINE_bool(
     "skip_bad", False, "Skip unreadable inputs and report them (default: stop).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 0, "Global batch; 0 = the run's.")
@@ -51,7 +68,9 @@ def main(argv):
       predict.predict_to_file, _WORKDIR.value, _INPUT.value, _OUTPUT.value,
       split=_SPLIT.value, temperature=not _NO_TEMPERATURE.value,
       abstain=not _NO_ABSTAIN.value, target_accuracy=_TARGET.value,
-      skip_bad=_SKIP_BAD.value, batch_size=_BATCH_SIZE.value,
+      sets=not _NO_SETS.value, conformal_method=_CONFORMAL.value,
+      conformal_alpha=_CONFORMAL_ALPHA.value, ood=not _NO_OOD.value,
+      ood_score=_OOD_SCORE.value, skip_bad=_SKIP_BAD.value, batch_size=_BATCH_SIZE.value,
       progress=_PROGRESS.value, debug=_DEBUG.value)
   if summary["skipped"]:
     print(f"skipped {summary['skipped']} bad input(s)", file=sys.stderr)

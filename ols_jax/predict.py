@@ -13,8 +13,13 @@ Probabilities are temperature-scaled with the run's ``temperature`` (fitted on
 validation) unless ``temperature=False``. A row is marked ``abstain`` when its
 confidence is below the run's abstention threshold (see
 :mod:`ols_jax.selective`: the lowest validation confidence whose accepted set
-reaches the target accuracy). The output is written to a temporary file and
-renamed at the end, so an error never leaves a partial file.
+reaches the target accuracy). A row also gets a split-conformal prediction set
+(:mod:`ols_jax.conformal`, calibrated on the run's saved validation outputs
+with the very probabilities the rows publish) and an out-of-distribution flag
+(:mod:`ols_jax.ood`: Mahalanobis distance of the penultimate embedding, or
+energy / MSP of the raw logits, below a threshold that keeps 95% of the
+validation scans). The output is written to a temporary file and renamed at
+the end, so an error never leaves a partial file.
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ import optax
 
 from ols_jax import checkpointing
 from ols_jax import config as config_lib
+from ols_jax import conformal
+from ols_jax import evaluation
 from ols_jax import ols
+from ols_jax import ood as ood_lib
 from ols_jax import parallel
 from ols_jax import selective
 from ols_jax import train
@@ -54,6 +62,12 @@ MIN_SIDE = 8
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 TOP_K = 5
 DECIMALS = 6
+# Separator of the class names of a prediction set in a CSV cell.
+SET_SEPARATOR = "|"
+# The Mahalanobis fit and OOD thresholds a finished run saves (train.write_outputs).
+OOD_FIT = "ood_fit.npz"
+# --ood_score choices, the default first.
+OOD_SCORES = ("mahalanobis", "energy", "msp")
 
 
 # ----------------------------------------------------------------------------
@@ -125,6 +139,22 @@ def load_run(workdir: str | os.PathLike) -> Run:
              variables=variables, apply_fn=model.apply, checkpoint=path)
 
 
+def val_outputs(run: Run) -> Optional[tuple[np.ndarray, np.ndarray]]:
+  """The run's saved validation ``(logits, labels)``, or None if it saved none.
+
+  Raises:
+    ConfigError: the file is there but unreadable.
+  """
+  path = run.workdir / selective.VAL_OUTPUTS
+  if not path.is_file():
+    return None
+  try:
+    with np.load(path) as z:
+      return np.asarray(z["logits"]), np.asarray(z["label"])
+  except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+    raise ConfigError(f"{path}: unreadable ({e})") from None
+
+
 def abstention_threshold(run: Run, *, temperature: bool = True,
                          target_accuracy: Optional[float] = None
                          ) -> tuple[float, float, Optional[str]]:
@@ -157,13 +187,9 @@ def abstention_threshold(run: Run, *, temperature: bool = True,
   target = default_target if target_accuracy is None else float(target_accuracy)
   if stored and temperature and math.isclose(target, stored["target_accuracy"]):
     return float(stored["threshold"]), target, None
-  val_path = run.workdir / selective.VAL_OUTPUTS
-  if val_path.is_file():
-    try:
-      with np.load(val_path) as z:
-        logits, labels = z["logits"], z["label"]
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-      raise ConfigError(f"{val_path}: unreadable ({e})") from None
+  val = val_outputs(run)
+  if val is not None:
+    logits, labels = val
     conf, ok = selective.confidence_and_correct(
         selective.probabilities(logits, run.temperature if temperature else 1.0), labels)
     return selective.select_threshold(conf, ok, target), target, None
@@ -180,6 +206,154 @@ def abstention_threshold(run: Run, *, temperature: bool = True,
           f"of {target}; using the stored threshold {stored['threshold']:.4f} "
           f"(target {stored['target_accuracy']})")
   return float(stored["threshold"]), float(stored["target_accuracy"]), note
+
+
+def check_set_options(method: str, alpha: Optional[float]) -> None:
+  """ConfigError naming the flag for a bad ``--conformal`` / ``--conformal_alpha``."""
+  if method not in conformal.METHODS:
+    raise ConfigError(f"--conformal: expected one of {', '.join(conformal.METHODS)}, "
+                      f"got {method!r}")
+  if alpha is not None and not 0.0 < alpha < 1.0:  # also rejects NaN
+    raise ConfigError(f"--conformal_alpha: expected a value in (0, 1), got {alpha!r}")
+
+
+def conformal_threshold(run: Run, *, method: str = "aps",
+                        alpha: Optional[float] = None, temperature: bool = True
+                        ) -> tuple[float, float]:
+  """``qhat`` of split-conformal sets for the probabilities predict publishes.
+
+  Calibrated on the run's saved validation outputs
+  (:data:`ols_jax.selective.VAL_OUTPUTS`) with the same temperature as the
+  rows (so it works for runs from before conformal sets too). A run without
+  them falls back on the ``qhat`` of its ``results.json`` when that one
+  matches (temperature-scaled, same alpha).
+
+  Args:
+    run: the run.
+    method: ``'aps'`` or ``'lac'`` (:data:`ols_jax.conformal.METHODS`).
+    alpha: miscoverage level (None: the run's ``config.conformal_alpha``).
+    temperature: whether the probabilities are temperature-scaled.
+
+  Returns:
+    ``(qhat, alpha)``; ``qhat`` is ``inf`` when validation is too small for
+    ``alpha`` (every set is then every class).
+
+  Raises:
+    ConfigError: a bad option, or nothing to calibrate on.
+  """
+  check_set_options(method, alpha)
+  alpha = float(run.config.get("conformal_alpha", 0.1) if alpha is None else alpha)
+  val = val_outputs(run)
+  if val is not None:
+    logits, labels = val
+    probs = selective.probabilities(logits, run.temperature if temperature else 1.0)
+    return conformal.calibrate(probs, labels, method, alpha), alpha
+  stored = run.results.get("conformal") or {}
+  if (temperature and stored.get("probabilities") == "temperature-scaled"
+      and method in stored and math.isclose(float(stored.get("alpha", -1.0)), alpha)):
+    qhat = stored[method]["qhat"]
+    return (math.inf if qhat is None else float(qhat)), alpha
+  what = " on raw probabilities" if not temperature else ""
+  raise ConfigError(f"workdir {run.workdir}: no validation outputs "
+                    f"({selective.VAL_OUTPUTS}) to calibrate {method.upper()} prediction "
+                    f"sets at alpha {alpha}{what}, and results.json holds no matching "
+                    f"qhat; pass --no_sets")
+
+
+def set_names(sets: np.ndarray, probs: np.ndarray,
+              class_names: Sequence[str]) -> list[list[str]]:
+  """Each set's class names by decreasing probability (ties by class index)."""
+  order = np.argsort(-np.asarray(probs), axis=1, kind="stable")
+  return [[class_names[int(j)] for j in row if keep[j]]
+          for row, keep in zip(order, np.asarray(sets, bool))]
+
+
+@dataclasses.dataclass(frozen=True)
+class OodRule:
+  """How predict flags an input as out-of-distribution: ``score < threshold``.
+
+  Attributes:
+    score: ``'mahalanobis'``, ``'energy'`` or ``'msp'``.
+    threshold: keeps :data:`ols_jax.evaluation.OOD_TPR` of validation.
+    source: the file the threshold comes from (``ood_fit.npz`` or
+      ``val_outputs.npz``).
+    fit: the Mahalanobis fit (``means``, ``precision``, ``class_present``) or
+      None.
+  """
+  score: str
+  threshold: float
+  source: str
+  fit: Optional[dict[str, np.ndarray]] = None
+
+
+def check_ood_score(score: Optional[str]) -> None:
+  """ConfigError naming the flag for a bad ``--ood_score``."""
+  if score is not None and score not in OOD_SCORES:
+    raise ConfigError(f"--ood_score: expected one of {', '.join(OOD_SCORES)}, got "
+                      f"{score!r}")
+
+
+def _read_ood_fit(path: pathlib.Path) -> dict[str, np.ndarray]:
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      return {k: np.asarray(z[k]) for k in z.files}
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise ConfigError(f"{path}: unreadable ({e})") from None
+
+
+def ood_rule(run: Run, score: Optional[str] = None) -> OodRule:
+  """The OOD score and threshold for a run.
+
+  With the run's :data:`OOD_FIT` (saved by the final evaluation): its
+  threshold for the score, and its Mahalanobis fit; the default score is then
+  ``'mahalanobis'``. Without it (a run from before OOD scores): ``'energy'``
+  by default, with the threshold chosen on the saved validation logits at
+  :data:`ols_jax.evaluation.OOD_TPR`; Mahalanobis is refused. Energy and MSP
+  are computed on raw logits, as the final evaluation does.
+
+  Args:
+    run: the run.
+    score: ``'mahalanobis'``, ``'energy'``, ``'msp'`` or None (the default).
+
+  Returns:
+    An :class:`OodRule`.
+
+  Raises:
+    ConfigError: a bad score, or no file to take the threshold from.
+  """
+  check_ood_score(score)
+  path = run.workdir / OOD_FIT
+  saved = _read_ood_fit(path) if path.is_file() else None
+  score = score or ("mahalanobis" if saved is not None else "energy")
+  if saved is not None:
+    key = f"threshold_{score}"
+    fit_keys = [f"mahalanobis_{k}" for k in ood_lib.MAHALANOBIS_KEYS]
+    missing = [k for k in [key] + (fit_keys if score == "mahalanobis" else [])
+               if k not in saved]
+    if missing:
+      raise ConfigError(f"{path}: no {missing[0]!r} (keys: {', '.join(sorted(saved))})")
+    fit = ({k: saved[f"mahalanobis_{k}"] for k in ood_lib.MAHALANOBIS_KEYS}
+           if score == "mahalanobis" else None)
+    return OodRule(score=score, threshold=float(saved[key]), source=OOD_FIT, fit=fit)
+  if score == "mahalanobis":
+    raise ConfigError(f"--ood_score=mahalanobis: workdir {run.workdir} has no {OOD_FIT} "
+                      f"(a run from before OOD scores); use --ood_score=energy or msp")
+  val = val_outputs(run)
+  if val is None:
+    raise ConfigError(f"workdir {run.workdir}: neither {OOD_FIT} nor "
+                      f"{selective.VAL_OUTPUTS} to set an OOD threshold from; pass --no_ood")
+  threshold = ood_lib.threshold_at_tpr(ood_scores(score, val[0]), evaluation.OOD_TPR)
+  return OodRule(score=score, threshold=threshold, source=selective.VAL_OUTPUTS)
+
+
+def ood_scores(score: str, logits: np.ndarray, embeddings: Optional[np.ndarray] = None,
+               fit: Optional[dict[str, np.ndarray]] = None) -> np.ndarray:
+  """``(N,)`` OOD scores (higher = in-distribution) of raw logits / embeddings."""
+  if score == "msp":
+    return ood_lib.msp(logits)
+  if score == "energy":
+    return ood_lib.energy(logits)
+  return ood_lib.mahalanobis_score(embeddings, fit)
 
 
 # ----------------------------------------------------------------------------
@@ -317,11 +491,12 @@ def collect_inputs(path: str | os.PathLike, *, split: str = "test") -> Inputs:
 
 @dataclasses.dataclass
 class Predictions:
-  """Logits of the images read, in input order, and what was skipped."""
+  """Logits and embeddings of the images read, in input order, and what was skipped."""
   names: list[str]
   logits: np.ndarray          # (N, K) float32
   labels: Optional[np.ndarray]  # (N,) or None
   skipped: list[str]          # one message per skipped input
+  embeddings: Optional[np.ndarray] = None  # (N, D) float32 penultimate features
 
 
 def _inference_state(run: Run) -> train_state_lib.TrainState:
@@ -375,7 +550,8 @@ def predict_logits(run: Run, inputs: Inputs, *, batch_size: int = 0,
     on_skip: called with the message of each skipped input.
 
   Returns:
-    :class:`Predictions`.
+    :class:`Predictions` (logits and the penultimate embeddings the evaluation
+    step returns beside them).
   """
   devices = list(jax.devices() if devices is None else devices)
   n = len(devices)
@@ -390,12 +566,14 @@ def predict_logits(run: Run, inputs: Inputs, *, batch_size: int = 0,
   bar = Progress(math.ceil(len(inputs) / batch_size), enabled=progress, stream=sys.stderr,
                  quiet_start=True)
   skipped: list[str] = []
-  logits, kept = [], []
+  logits, embeddings, kept = [], [], []
   pending = None
 
   def collect(job):
     out, rows = job
-    logits.append(np.asarray(jax.device_get(out["logits"]))[:len(rows)])
+    host = jax.device_get({k: out[k] for k in ("logits", "embedding")})
+    logits.append(np.asarray(host["logits"])[:len(rows)])
+    embeddings.append(np.asarray(host["embedding"])[:len(rows)])
     kept.extend(rows)
 
   for step, (images, rows) in enumerate(
@@ -418,7 +596,8 @@ def predict_logits(run: Run, inputs: Inputs, *, batch_size: int = 0,
       names=[inputs.names[i] for i in kept],
       logits=np.concatenate(logits) if logits else np.zeros((0, k), np.float32),
       labels=None if inputs.labels is None else inputs.labels[kept],
-      skipped=skipped)
+      skipped=skipped,
+      embeddings=np.concatenate(embeddings) if embeddings else None)
 
 
 # ----------------------------------------------------------------------------
@@ -440,9 +619,13 @@ def check_output_path(path: str | os.PathLike) -> pathlib.Path:
 
 def prediction_rows(names: Sequence[str], probs: np.ndarray,
                     class_names: Sequence[str], *, labels: Optional[np.ndarray] = None,
-                    threshold: Optional[float] = None) -> list[dict[str, Any]]:
-  """One dict per image: path, label, prediction, confidence, abstain, top-k,
-  probabilities (rounded to :data:`DECIMALS`).
+                    threshold: Optional[float] = None,
+                    sets: Optional[np.ndarray] = None,
+                    ood_score: Optional[np.ndarray] = None,
+                    ood_threshold: Optional[float] = None) -> list[dict[str, Any]]:
+  """One dict per image: path, label, prediction, confidence, abstain,
+  prediction set, OOD score and flag, top-k, probabilities (rounded to
+  :data:`DECIMALS`).
 
   Args:
     names: input names.
@@ -450,12 +633,16 @@ def prediction_rows(names: Sequence[str], probs: np.ndarray,
     class_names: ``K`` names.
     labels: ``(N,)`` known labels or None.
     threshold: abstain iff confidence < threshold (None: never).
+    sets: ``(N, K)`` prediction-set mask, or None (no ``prediction_set``).
+    ood_score: ``(N,)`` OOD scores, or None (no ``ood_score`` / ``ood``).
+    ood_threshold: ``ood`` iff ``ood_score < ood_threshold``.
   """
   probs = np.asarray(probs)
   k = min(TOP_K, probs.shape[1])
   pred = np.argmax(probs, axis=1)
   conf = probs.max(axis=1)
   top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+  members = None if sets is None else set_names(sets, probs, class_names)
   rows = []
   for i, name in enumerate(names):
     row = {"path": name}
@@ -464,18 +651,29 @@ def prediction_rows(names: Sequence[str], probs: np.ndarray,
     row.update(
         prediction=class_names[int(pred[i])],
         confidence=round(float(conf[i]), DECIMALS),
-        abstain=bool(threshold is not None and conf[i] < threshold),
+        abstain=bool(threshold is not None and conf[i] < threshold))
+    if members is not None:
+      row["prediction_set"] = members[i]
+    if ood_score is not None:
+      row["ood_score"] = round(float(ood_score[i]), DECIMALS)
+      row["ood"] = bool(ood_score[i] < ood_threshold)
+    row.update(
         top=[(class_names[int(j)], round(float(probs[i, j]), DECIMALS)) for j in top[i]],
         probabilities={c: round(float(p), DECIMALS) for c, p in zip(class_names, probs[i])})
     rows.append(row)
   return rows
 
 
-def _csv_text(rows: list[dict[str, Any]], class_names: Sequence[str],
-              with_label: bool) -> str:
+def _csv_text(rows: list[dict[str, Any]], class_names: Sequence[str]) -> str:
+  first = rows[0] if rows else {}
+  with_label = "label" in first
+  with_set = "prediction_set" in first
+  with_ood = "ood" in first
   k = min(TOP_K, len(class_names))
   header = ["path"] + (["label"] if with_label else []) + [
       "prediction", "confidence", "abstain"]
+  header += (["prediction_set"] if with_set else []) + (
+      ["ood_score", "ood"] if with_ood else [])
   for j in range(1, k + 1):
     header += [f"top{j}", f"top{j}_prob"]
   header += [f"p_{c}" for c in class_names]
@@ -487,6 +685,10 @@ def _csv_text(rows: list[dict[str, Any]], class_names: Sequence[str],
     cells = [row["path"]] + ([row["label"]] if with_label else []) + [
         row["prediction"], fmt.format(row["confidence"]),
         "true" if row["abstain"] else "false"]
+    if with_set:
+      cells.append(SET_SEPARATOR.join(row["prediction_set"]))
+    if with_ood:
+      cells += [fmt.format(row["ood_score"]), "true" if row["ood"] else "false"]
     for name, p in row["top"]:
       cells += [name, fmt.format(p)]
     cells += [fmt.format(row["probabilities"][c]) for c in class_names]
@@ -508,8 +710,7 @@ def write_rows(path: str | os.PathLike, rows: list[dict[str, Any]],
                class_names: Sequence[str]) -> pathlib.Path:
   """Writes rows as CSV or JSONL (by suffix), atomically."""
   path = check_output_path(path)
-  with_label = bool(rows) and "label" in rows[0]
-  text = (_csv_text(rows, class_names, with_label) if path.suffix.lower() == ".csv"
+  text = (_csv_text(rows, class_names) if path.suffix.lower() == ".csv"
           else _jsonl_text(rows))
   tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
   try:
@@ -529,7 +730,10 @@ def write_rows(path: str | os.PathLike, rows: list[dict[str, Any]],
 def predict_to_file(workdir: str | os.PathLike, input_path: str | os.PathLike,
                     output: str | os.PathLike, *, split: str = "test",
                     temperature: bool = True, abstain: bool = True,
-                    target_accuracy: Optional[float] = None, skip_bad: bool = False,
+                    target_accuracy: Optional[float] = None, sets: bool = True,
+                    conformal_method: str = "aps",
+                    conformal_alpha: Optional[float] = None, ood: bool = True,
+                    ood_score: Optional[str] = None, skip_bad: bool = False,
                     batch_size: int = 0, progress: bool = True,
                     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
                     ) -> dict[str, Any]:
@@ -543,6 +747,12 @@ def predict_to_file(workdir: str | os.PathLike, input_path: str | os.PathLike,
     temperature: apply the run's temperature (else raw probabilities).
     abstain: mark rows below the abstention threshold.
     target_accuracy: choose a threshold for this target instead of the run's.
+    sets: add each row's conformal prediction set (:func:`conformal_threshold`).
+    conformal_method: ``'aps'`` or ``'lac'``.
+    conformal_alpha: miscoverage level (None: the run's ``conformal_alpha``).
+    ood: add each row's OOD score and flag (:func:`ood_rule`).
+    ood_score: ``'mahalanobis'``, ``'energy'``, ``'msp'`` or None (Mahalanobis
+      when the run saved :data:`OOD_FIT`, else energy).
     skip_bad: skip unreadable inputs (reported through ``log``).
     batch_size: global batch (0: the run's ``eval_batch_size``).
     progress: a progress line on stderr for long inputs.
@@ -550,10 +760,17 @@ def predict_to_file(workdir: str | os.PathLike, input_path: str | os.PathLike,
 
   Returns:
     A summary: ``count``, ``skipped``, ``abstained``, ``threshold``,
-    ``target_accuracy``, ``temperature``, ``output`` and, when labels are
-    known, ``accuracy`` and ``accepted_accuracy``.
+    ``target_accuracy``, ``temperature``, ``output``; with sets ``sets``
+    (``method``, ``alpha``, ``qhat``, ``mean_size``, ``empty``); with OOD
+    ``ood`` (``score``, ``threshold``, ``tpr``, ``source``, ``flagged``);
+    and, when labels are known, ``accuracy``, ``accepted_accuracy`` and the
+    sets' ``coverage``.
   """
   output = check_output_path(output)
+  if sets:
+    check_set_options(conformal_method, conformal_alpha)
+  if ood:
+    check_ood_score(ood_score)
   run = load_run(workdir)
   threshold = target = None
   if abstain:
@@ -561,6 +778,15 @@ def predict_to_file(workdir: str | os.PathLike, input_path: str | os.PathLike,
         run, temperature=temperature, target_accuracy=target_accuracy)
     if note:
       log(note)
+  qhat = alpha = None
+  if sets:
+    bad = [c for c in run.class_names if SET_SEPARATOR in c]
+    if bad and output.suffix.lower() == ".csv":
+      raise ConfigError(f"--output {output}: class name {bad[0]!r} holds {SET_SEPARATOR!r}, "
+                        f"the CSV separator of prediction sets; write .jsonl or pass --no_sets")
+    qhat, alpha = conformal_threshold(run, method=conformal_method,
+                                      alpha=conformal_alpha, temperature=temperature)
+  rule = ood_rule(run, ood_score) if ood else None
   inputs = collect_inputs(input_path, split=split)
   if inputs.labels is not None and len(inputs.labels) and (
       inputs.labels.min() < 0 or inputs.labels.max() >= run.num_classes):
@@ -573,8 +799,12 @@ def predict_to_file(workdir: str | os.PathLike, input_path: str | os.PathLike,
                     f"({len(preds.skipped)} skipped)")
   t = run.temperature if temperature else 1.0
   probs = selective.probabilities(preds.logits, t)
+  masks = conformal.prediction_sets(probs, qhat, conformal_method) if sets else None
+  scores = (ood_scores(rule.score, preds.logits, preds.embeddings, rule.fit)
+            if rule is not None else None)
   rows = prediction_rows(preds.names, probs, run.class_names, labels=preds.labels,
-                         threshold=threshold)
+                         threshold=threshold, sets=masks, ood_score=scores,
+                         ood_threshold=None if rule is None else rule.threshold)
   write_rows(output, rows, run.class_names)
   conf = probs.max(axis=1)
   accepted = conf >= threshold if threshold is not None else np.ones(len(conf), bool)
@@ -582,11 +812,22 @@ def predict_to_file(workdir: str | os.PathLike, input_path: str | os.PathLike,
              "abstained": int(np.sum(~accepted)), "threshold": threshold,
              "target_accuracy": target, "temperature": t, "output": str(output),
              "method": run.config.method, "model": run.config.model}
+  if masks is not None:
+    sizes = masks.sum(axis=1)
+    summary["sets"] = {"method": conformal_method, "alpha": alpha,
+                       "qhat": qhat if math.isfinite(qhat) else None,
+                       "mean_size": float(sizes.mean()), "empty": int(np.sum(sizes == 0))}
+  if rule is not None:
+    summary["ood"] = {"score": rule.score, "threshold": rule.threshold,
+                      "tpr": evaluation.OOD_TPR, "source": rule.source,
+                      "flagged": int(np.sum(scores < rule.threshold))}
   if preds.labels is not None:
     correct = np.argmax(probs, axis=1) == preds.labels
     summary["accuracy"] = float(correct.mean())
     summary["accepted_accuracy"] = (float(correct[accepted].mean())
                                     if accepted.any() else None)
+    if masks is not None:
+      summary["sets"]["coverage"] = float(masks[np.arange(len(masks)), preds.labels].mean())
   return summary
 
 
@@ -599,6 +840,18 @@ def summary_line(summary: dict[str, Any]) -> str:
              f"{summary['abstained']} abstained (confidence < "
              f"{summary['threshold']:.4f}, target accuracy "
              f"{100 * summary['target_accuracy']:.1f}%)")
+  sets = summary.get("sets")
+  if sets:
+    text += (f"; {sets['method'].upper()} sets at {100 * (1 - sets['alpha']):.1f}% target "
+             f"coverage: mean size {sets['mean_size']:.2f}")
+    if sets["empty"]:
+      text += f", {sets['empty']} empty"
+    if "coverage" in sets:
+      text += f", coverage {100 * sets['coverage']:.2f}%"
+  flags = summary.get("ood")
+  if flags:
+    text += (f"; {flags['flagged']} flagged out-of-distribution ({flags['score']}, "
+             f"threshold keeps {100 * flags['tpr']:.0f}% of val)")
   if summary["skipped"]:
     text += f"; {summary['skipped']} bad inputs skipped"
   if "accuracy" in summary:

@@ -5,16 +5,23 @@ uint8 working images the evaluation path starts from,
 :func:`working_array`) with every corruption and severity of
 :mod:`ols_jax.corruptions`, runs the model, and scores each set raw and with
 the run's own temperature (fitted once on the clean validation split, never
-refitted on shifted data).
+refitted on shifted data). :func:`evaluate_run` does the same for a finished
+run after the fact (``experiments/shift.py``), and :func:`write_outputs`
+writes its records and figure.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import pathlib
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from ols_jax import corruptions
+from ols_jax.config import ConfigError
 from ols_jax.data import augment
 from ols_jax.data import sources
 
@@ -104,3 +111,201 @@ def mean_over_severities(records: Sequence[dict[str, Any]], field: str = "ece"
     if r["severity"] > 0:
       out.setdefault(r["corruption"], []).append(float(r[field]))
   return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------
+# A finished run, after the fact.
+# ----------------------------------------------------------------------------
+
+
+def parse_corruptions(text: Optional[str]) -> tuple[str, ...]:
+  """``--corruptions``: comma-separated names of :data:`ols_jax.corruptions.CORRUPTIONS`.
+
+  None means all of them. Raises ConfigError naming the flag.
+  """
+  if text is None:
+    return tuple(corruptions.CORRUPTIONS)
+  names = [n.strip() for n in str(text).split(",") if n.strip()]
+  if not names:
+    raise ConfigError(f"--corruptions: expected a comma-separated list, got {text!r}")
+  for name in names:
+    if name not in corruptions.CORRUPTIONS:
+      raise ConfigError(f"--corruptions: unknown corruption {name!r}; expected some of "
+                        f"{', '.join(corruptions.CORRUPTIONS)}")
+  if len(set(names)) != len(names):
+    raise ConfigError(f"--corruptions: a corruption given twice in {text!r}")
+  return tuple(names)
+
+
+def parse_severities(text: Optional[str]) -> tuple[int, ...]:
+  """``--severities``: comma-separated ints in 1..5 (None: all); ConfigError if bad."""
+  if text is None:
+    return tuple(corruptions.SEVERITIES)
+  top = corruptions.SEVERITIES[-1]
+  items = [t.strip() for t in str(text).split(",") if t.strip()]
+  try:
+    values = [int(t) for t in items]
+  except ValueError:
+    values = []
+  if not values or any(v < 1 or v > top for v in values):
+    raise ConfigError(f"--severities: expected comma-separated integers in 1..{top} (the "
+                      f"clean set, severity 0, is always scored), got {text!r}")
+  if len(set(values)) != len(values):
+    raise ConfigError(f"--severities: a severity given twice in {text!r}")
+  return tuple(values)
+
+
+def check_output_paths(output: str | os.PathLike, figure: Optional[str | os.PathLike] = None
+                       ) -> tuple[pathlib.Path, Optional[pathlib.Path]]:
+  """The ``.json`` records file and the optional ``.png`` figure, checked up front."""
+  out = []
+  for flag, path, suffix in (("--output", output, ".json"), ("--figure", figure, ".png")):
+    if path is None:
+      out.append(None)
+      continue
+    path = pathlib.Path(path)
+    if path.suffix.lower() != suffix:
+      raise ConfigError(f"{flag} {path}: expected a {suffix} file name")
+    if path.is_dir():
+      raise ConfigError(f"{flag} {path}: is a folder")
+    if not path.parent.is_dir():
+      raise ConfigError(f"{flag} {path}: folder {path.parent} does not exist")
+    out.append(path)
+  return out[0], out[1]
+
+
+def evaluate_run(workdir: str | os.PathLike, *,
+                 names: Sequence[str] = corruptions.CORRUPTIONS,
+                 severities: Sequence[int] = corruptions.SEVERITIES,
+                 devices: Optional[Sequence[Any]] = None,
+                 on_record: Optional[Callable[[dict[str, Any]], None]] = None
+                 ) -> list[dict[str, Any]]:
+  """A finished run's test split under the corruption suite.
+
+  Restores the run (:func:`ols_jax.predict.load_run`: its config and selected
+  checkpoint), loads its dataset as the run did
+  (:func:`ols_jax.data.load_for_config`, so a calibration-split run is scored
+  on the same test half it reported) and runs :func:`shift_records` through
+  the training's evaluation path (:func:`ols_jax.evaluation.evaluate` on all
+  devices) with the run's temperature and ``config.seed``. The clean record
+  therefore equals the run's ``results.json`` test metrics, and each record
+  the run's own ``shift`` record when it was trained with
+  ``config.shift_eval``.
+
+  Args:
+    workdir: the finished run.
+    names: corruptions to apply.
+    severities: severities to apply (the clean set is always first).
+    devices: the devices (default: all).
+    on_record: called with each record as it is made (progress).
+
+  Returns:
+    The records (:data:`RECORD_FIELDS`), clean first.
+  """
+  # Imported here: evaluation imports this module.
+  import jax  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from ols_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  from ols_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from ols_jax import evaluation  # pylint: disable=import-outside-toplevel
+  from ols_jax import parallel  # pylint: disable=import-outside-toplevel
+  from ols_jax import predict  # pylint: disable=import-outside-toplevel
+  run = predict.load_run(workdir)
+  devices = list(jax.devices() if devices is None else devices)
+  config = ml_collections.ConfigDict(run.config.to_dict())
+  n = len(devices)
+  config.eval_batch_size = -(-int(config.eval_batch_size) // n) * n
+  dataset = data_lib.load_for_config(config)
+  images, labels = working_array(dataset.splits["test"], image_size=config.image_size,
+                                 channels=config.channels)
+  dp = parallel.DataParallel("jit", config_lib.loss_spec(config, run.num_classes), devices,
+                             num_bins=int(config.num_bins))
+  state = dp.to_device(predict._inference_state(run))  # pylint: disable=protected-access
+
+  def eval_logits(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    _, out = evaluation.evaluate(dp, state, sources.ArraySource(x, y), config,
+                                 with_outputs=True, channels=config.channels)
+    return out["logits"]
+
+  def score_fn(z, y, temperature=1.0):
+    return evaluation.score(z, y, num_bins=int(config.num_bins), temperature=temperature)
+
+  return shift_records(eval_logits, images, labels, temperature=run.temperature,
+                       score_fn=score_fn, names=names, severities=severities,
+                       seed=int(config.seed), on_record=on_record)
+
+
+def write_outputs(records: Sequence[dict[str, Any]], output: str | os.PathLike,
+                  figure: Optional[str | os.PathLike] = None, *,
+                  title: str = "Under shift") -> None:
+  """The records as a JSON list and, optionally, their figure; atomically.
+
+  The JSON goes to a temporary file that is renamed once the figure
+  (:func:`ols_jax.plots.shift_curves`, itself written atomically) is done, so
+  an error leaves neither half-written.
+  """
+  from ols_jax import plots  # pylint: disable=import-outside-toplevel
+  output = pathlib.Path(output)
+  for r in records:
+    for key in RECORD_FIELDS[2:]:
+      if not math.isfinite(float(r[key])):
+        raise ValueError(f"shift record {r['corruption']} / {r['severity']}: {key} is "
+                         f"{r[key]}")
+  tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+  try:
+    tmp.write_text(json.dumps([{k: r[k] for k in RECORD_FIELDS} for r in records],
+                              indent=1) + "\n", encoding="utf-8")
+    if figure is not None:
+      plots.shift_curves(records, figure, title=title)
+    os.replace(tmp, output)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+
+
+def shift_to_files(workdir: str | os.PathLike, output: str | os.PathLike, *,
+                   figure: Optional[str | os.PathLike] = None,
+                   corruption_names: Optional[str] = None,
+                   severity_list: Optional[str] = None,
+                   devices: Optional[Sequence[Any]] = None,
+                   log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+  """``experiments/shift.py``: checks the options, evaluates, writes.
+
+  Args:
+    workdir: the finished run.
+    output: the ``.json`` records file.
+    figure: an optional ``.png`` figure.
+    corruption_names: ``--corruptions`` (None: all).
+    severity_list: ``--severities`` (None: 1..5).
+    devices: the devices (default: all).
+    log: receives one progress line per record (None: quiet).
+
+  Returns:
+    ``{"records", "output", "figure", "method", "model", "dataset"}`` (the
+    last three from the run's ``results.json``).
+
+  Raises:
+    ConfigError: a bad option or workdir (before anything is evaluated or written).
+  """
+  output, figure = check_output_paths(output, figure)
+  names = parse_corruptions(corruption_names)
+  severities = parse_severities(severity_list)
+  total = 1 + len(names) * len(severities)
+  done = []
+
+  def progress(r):
+    done.append(r)
+    if log is not None:
+      log(f"shift {len(done)}/{total}: {r['corruption']} severity {r['severity']}: "
+          f"top-1 error {100 * r['top1_error']:.2f}%, ECE {100 * r['ece']:.2f}%, "
+          f"ECE after TS {100 * r['ece_ts']:.2f}%")
+
+  records = evaluate_run(workdir, names=names, severities=severities, devices=devices,
+                         on_record=progress)
+  results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
+  about = {k: results.get(k, "?") for k in ("method", "model", "dataset")}
+  write_outputs(records, output, figure,
+                title=f"{about['method']} / {about['model']} on {about['dataset']} "
+                      f"under shift")
+  return {"records": records, "output": str(output),
+          "figure": None if figure is None else str(figure), **about}

@@ -1,11 +1,13 @@
 """Predict on new scans with a finished run: equality with the run's own test
-evaluation, temperature, abstention, DICOM, bad input, TensorBoard.
+evaluation, temperature, abstention, conformal prediction sets, the OOD flag,
+DICOM, bad input, TensorBoard.
 
 One module-scoped smoke run (tiny CNN, 1 epoch, 28 px real brain MRI) serves
 every test; predict runs on the 4 fake CPU devices of conftest.
 """
 
 import csv
+import dataclasses
 import io
 import json
 import pathlib
@@ -24,15 +26,18 @@ import pytest
 from ols_jax import checkpointing
 from ols_jax import cli
 from ols_jax import config as config_lib
+from ols_jax import conformal
 from ols_jax import data as data_lib
 from ols_jax import evaluation
 from ols_jax import logging_utils
+from ols_jax import ood
 from ols_jax import parallel
 from ols_jax import paths
 from ols_jax import predict
 from ols_jax import selective
 from ols_jax import train
 from ols_jax import train_state
+from ols_jax.data import datasets
 from ols_jax.data import dicom
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -165,8 +170,8 @@ def test_temperature_changes_confidence_not_argmax(run_dir, tmp_path):
   assert _results(run_dir)["temperature"] != pytest.approx(1.0, abs=1e-3)
   assert np.max(np.abs(ts_conf - raw_conf)) > 1e-3
   row = ts_rows[0]
-  assert list(row) == ["path", "label", "prediction", "confidence", "abstain", "top5",
-                       "probabilities"]
+  assert list(row) == ["path", "label", "prediction", "confidence", "abstain",
+                       "prediction_set", "ood_score", "ood", "top5", "probabilities"]
   assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
   assert row["top5"][0] == {"class": row["prediction"], "probability": row["confidence"]}
   # Raw confidences get their own threshold, chosen on the saved val outputs.
@@ -211,13 +216,204 @@ def test_threshold_holds_its_target_on_validation(run_dir, tmp_path, capsys):
   kept = predict.predict_to_file(bare, _npz(), tmp_path / "b.csv", target_accuracy=0.6,
                                  progress=False, log=notes.append)
   assert kept["threshold"] == t and notes and notes[0].startswith("note: ")
+  assert kept["sets"]["qhat"] == results["conformal"]["aps"]["qhat"]  # stored qhat
   line = _error(capsys, bare, _npz(), tmp_path / "c.csv", temperature=False)
   assert line.startswith(f"error: --no_temperature: workdir {bare} saved no validation")
   assert not (tmp_path / "c.csv").exists()
+  line = _error(capsys, bare, _npz(), tmp_path / "d.csv", temperature=False,
+                abstain=False)
+  assert line == (f"error: workdir {bare}: no validation outputs (val_outputs.npz) to "
+                  f"calibrate APS prediction sets at alpha 0.1 on raw probabilities, and "
+                  f"results.json holds no matching qhat; pass --no_sets")
   off = predict.predict_to_file(bare, _npz(), tmp_path / "d.csv", temperature=False,
-                                abstain=False, progress=False)
+                                abstain=False, sets=False, progress=False)
   assert off["abstained"] == 0 and off["threshold"] is None
   assert {r["abstain"] for r in _read_csv(tmp_path / "d.csv")} == {"false"}
+
+
+# ----------------------------------------------------------------------------
+# Conformal prediction sets.
+# ----------------------------------------------------------------------------
+
+
+def _val(workdir):
+  with np.load(workdir / selective.VAL_OUTPUTS) as z:
+    return z["logits"], z["label"]
+
+
+def _label_free_npz(tmp_path, name, source):
+  """The test images of a shared npz without its labels (another label space)."""
+  with np.load(source) as z:
+    images = z["test_images"]
+  path = tmp_path / f"{name}.npz"
+  np.savez(path, test_images=images)
+  return path
+
+
+def test_sets_hold_the_prediction_and_match_the_library(run_dir, tmp_path):
+  results = _results(run_dir)
+  names = list(results["class_names"])
+  val_logits, val_labels = _val(run_dir)
+  run = predict.load_run(run_dir)
+  logits = predict.predict_logits(run, predict.collect_inputs(_npz()), progress=False).logits
+  for method, temperature, ext in (("aps", True, "jsonl"), ("lac", True, "csv"),
+                                   ("aps", False, "csv")):
+    out = tmp_path / f"{method}_{temperature}.{ext}"
+    summary = predict.predict_to_file(run_dir, _npz(), out, conformal_method=method,
+                                      temperature=temperature, abstain=False,
+                                      progress=False)
+    t = results["temperature"] if temperature else 1.0
+    qhat = conformal.calibrate(selective.probabilities(val_logits, t), val_labels, method,
+                               0.1)  # the run's config.conformal_alpha
+    if temperature:  # what the final evaluation stored for the same probabilities
+      assert qhat == pytest.approx(results["conformal"][method]["qhat"], abs=1e-12)
+    probs = selective.probabilities(logits, t)
+    masks = conformal.prediction_sets(probs, qhat, method)
+    if ext == "csv":
+      rows = _read_csv(out)
+      sets = [r["prediction_set"].split("|") if r["prediction_set"] else [] for r in rows]
+    else:
+      rows = [json.loads(l) for l in out.read_text().splitlines()]
+      sets = [r["prediction_set"] for r in rows]
+    assert len(sets) == 1281 and any(len(x) > 1 for x in sets)
+    for row, got, mask, p in zip(rows, sets, masks, probs):
+      assert got == [names[j] for j in np.argsort(-p, kind="stable") if mask[j]]
+      if got:  # a non-empty set holds the prediction, first
+        assert got[0] == row["prediction"] and row["prediction"] in got
+    info = summary["sets"]
+    assert (info["method"], info["alpha"]) == (method, 0.1)
+    assert info["mean_size"] == pytest.approx(masks.sum(1).mean(), abs=1e-12)
+    assert info["empty"] == int(np.sum(masks.sum(1) == 0))
+    labels = np.load(_npz())["test_labels"].reshape(-1)
+    assert info["coverage"] == pytest.approx(masks[np.arange(1281), labels].mean(), abs=1e-12)
+    line = predict.summary_line(summary)
+    assert f"; {method.upper()} sets at 90.0% target coverage: mean size " \
+           f"{info['mean_size']:.2f}" in line
+  other = predict.predict_to_file(run_dir, _npz(), tmp_path / "a.csv", conformal_alpha=0.3,
+                                  progress=False)
+  assert other["sets"]["alpha"] == 0.3 and other["sets"]["mean_size"] < info["mean_size"]
+  none = predict.predict_to_file(run_dir, _npz(), tmp_path / "n.csv", sets=False,
+                                 progress=False)
+  assert "sets" not in none and "prediction_set" not in _read_csv(tmp_path / "n.csv")[0]
+  assert " sets at " not in predict.summary_line(none)
+
+
+def test_sets_cover_on_an_exchangeable_test_half(run_dir, tmp_path):
+  """Calibrated on half of the test split (as a --config.calibration_split=test_half run
+  saves it), the sets cover the other half at 1 - alpha within sampling error.
+
+  The upper bound 1 - alpha + 1 / (n + 1) needs untied scores at qhat: the weak
+  1-epoch model gives many labels the capped APS score 1.0 (qhat = 1 at alpha 0.1:
+  every set is every class), where only the lower bound holds.
+  """
+  results = _results(run_dir)
+  run = predict.load_run(run_dir)
+  preds = predict.predict_logits(run, predict.collect_inputs(_npz()), progress=False)
+  cal, rest = datasets.stratified_halves(preds.labels, 0)
+  half = tmp_path / "test_half"
+  half.mkdir()
+  selective.save_val_outputs(half, preds.logits[cal], preds.labels[cal])
+  half_run = dataclasses.replace(run, workdir=half)
+  t = results["temperature"]
+  probs = selective.probabilities(preds.logits[rest], t)
+  cal_probs = selective.probabilities(preds.logits[cal], t)
+  two_sided = 0
+  for method in conformal.METHODS:
+    score_fn = conformal.lac_scores if method == "lac" else conformal.aps_scores
+    for alpha in (0.1, 0.2, 0.3):
+      qhat, got_alpha = predict.conformal_threshold(half_run, method=method, alpha=alpha)
+      assert got_alpha == alpha
+      stats = conformal.evaluate_sets(conformal.prediction_sets(probs, qhat, method),
+                                      preds.labels[rest])
+      # Coverage given the calibration half varies with both halves' sizes.
+      sigma = np.sqrt(alpha * (1 - alpha) * (1 / len(rest) + 1 / len(cal)))
+      assert stats["coverage"] > 1 - alpha - 3 * sigma, (method, alpha, stats)
+      if np.sum(score_fn(cal_probs, preds.labels[cal]) == qhat) == 1:
+        two_sided += 1
+        assert stats["coverage"] < 1 - alpha + 1 / (len(cal) + 1) + 3 * sigma, (
+            method, alpha, stats)
+        assert stats["mean_size"] < run.num_classes
+  assert two_sided >= 3  # every LAC level at least
+
+
+# ----------------------------------------------------------------------------
+# The out-of-distribution flag.
+# ----------------------------------------------------------------------------
+
+
+def test_far_ood_scans_are_flagged_far_more_often(run_dir, tmp_path):
+  results = _results(run_dir)
+  assert (run_dir / predict.OOD_FIT).is_file()
+  inside = predict.predict_to_file(run_dir, _npz(), tmp_path / "in.csv", progress=False)
+  flags = inside["ood"]
+  assert (flags["score"], flags["source"], flags["tpr"]) == ("mahalanobis", "ood_fit.npz",
+                                                             0.95)
+  assert flags["threshold"] == results["ood"]["thresholds"]["mahalanobis"]
+  rows = _read_csv(tmp_path / "in.csv")
+  score = np.array([float(r["ood_score"]) for r in rows])
+  assert [r["ood"] == "true" for r in rows] == list(score < flags["threshold"])
+  in_frac = flags["flagged"] / 1281  # the final evaluation's own test split
+  assert in_frac == pytest.approx(results["ood"]["test_flagged"]["mahalanobis"], abs=1.5e-3)
+  assert (f"; {flags['flagged']} flagged out-of-distribution (mahalanobis, threshold "
+          f"keeps 95% of val)") in predict.summary_line(inside)
+  flagged, count = 0, 0
+  for name, source in (("chest_ct", "chest_ct/chest_ct_28.npz"),
+                       ("retinamnist", "retinamnist/retinamnist.npz")):
+    path = paths.data_root() / source
+    if not path.is_file():
+      pytest.skip(f"real data not found at {path}")
+    out = predict.predict_to_file(run_dir, _label_free_npz(tmp_path, name, path),
+                                  tmp_path / f"{name}.csv", progress=False)
+    flagged, count = flagged + out["ood"]["flagged"], count + out["count"]
+  out_frac = flagged / count
+  # The 1-epoch model flags about 12% of the test split (another source folder than
+  # val) and about 23% of chest CT and retina photos: twice as often, far beyond
+  # sampling error (a two-proportion z above 3; real value about 6).
+  se = np.sqrt(out_frac * (1 - out_frac) / count + in_frac * (1 - in_frac) / 1281)
+  assert (out_frac - in_frac) / se > 3, (out_frac, in_frac)
+
+
+def test_ood_scores_options_and_older_runs(run_dir, tmp_path, capsys):
+  results = _results(run_dir)
+  val_logits, _ = _val(run_dir)
+  logits = _reference_test_logits(run_dir)[0]
+  for score, fn in (("energy", ood.energy), ("msp", ood.msp)):
+    out = tmp_path / f"{score}.jsonl"
+    summary = predict.predict_to_file(run_dir, _npz(), out, ood_score=score,
+                                      temperature=False, progress=False)
+    assert summary["ood"]["threshold"] == results["ood"]["thresholds"][score]
+    got = np.array([json.loads(l)["ood_score"] for l in out.read_text().splitlines()])
+    np.testing.assert_allclose(got, fn(logits), atol=1e-5)  # raw logits, whatever T
+  assert _error(capsys, run_dir, _npz(), tmp_path / "e.csv", ood_score="knn") == (
+      "error: --ood_score: expected one of mahalanobis, energy, msp, got 'knn'")
+  assert _error(capsys, run_dir, _npz(), tmp_path / "e.csv", conformal_method="raps") == (
+      "error: --conformal: expected one of lac, aps, got 'raps'")
+  assert _error(capsys, run_dir, _npz(), tmp_path / "e.csv", conformal_alpha=1.5) == (
+      "error: --conformal_alpha: expected a value in (0, 1), got 1.5")
+
+  # A run from before OOD scores: energy, thresholded on its saved val logits.
+  old = tmp_path / "old"
+  shutil.copytree(run_dir, old)
+  (old / predict.OOD_FIT).unlink()
+  summary = predict.predict_to_file(old, _npz(), tmp_path / "old.csv", progress=False)
+  flags = summary["ood"]
+  assert (flags["score"], flags["source"]) == ("energy", "val_outputs.npz")
+  assert flags["threshold"] == ood.threshold_at_tpr(ood.energy(val_logits), 0.95)
+  assert flags["threshold"] == pytest.approx(results["ood"]["thresholds"]["energy"],
+                                             abs=1e-9)
+  line = _error(capsys, old, _npz(), tmp_path / "e.csv", ood_score="mahalanobis")
+  assert line == (f"error: --ood_score=mahalanobis: workdir {old} has no ood_fit.npz (a "
+                  f"run from before OOD scores); use --ood_score=energy or msp")
+  (old / selective.VAL_OUTPUTS).unlink()
+  line = _error(capsys, old, _npz(), tmp_path / "e.csv", sets=False)
+  assert line == (f"error: workdir {old}: neither ood_fit.npz nor val_outputs.npz to set "
+                  f"an OOD threshold from; pass --no_ood")
+  off = predict.predict_to_file(old, _npz(), tmp_path / "off.csv", sets=False, ood=False,
+                                progress=False)
+  assert "ood" not in off and "flagged" not in predict.summary_line(off)
+  header = _read_csv(tmp_path / "off.csv")[0]
+  assert "ood" not in header and "ood_score" not in header
+  assert not (tmp_path / "e.csv").exists()
 
 
 # ----------------------------------------------------------------------------
@@ -250,6 +446,10 @@ def test_dicom_files_decode_and_classify(run_dir, tmp_path, jpegs):
   for r in rows:
     assert r["prediction"] in names
     assert sum(float(r[f"p_{c}"]) for c in names) == pytest.approx(1.0, abs=1e-5)
+    assert r["prediction_set"].split("|")[0] == r["prediction"]
+  # A CT slice and a 64 px MR crop are not brain MRI slices like the training images:
+  # confident or not, the Mahalanobis score flags them.
+  assert [r["ood"] for r in rows] == ["true", rows[1]["ood"], "true"]
   # A single DICOM file as input.
   one = predict.predict_to_file(run_dir, _testdata("MR_small.dcm"), tmp_path / "one.csv",
                                 progress=False)
@@ -361,6 +561,14 @@ def test_entry_point_skip_bad(run_dir, bad_folder, tmp_path):
   assert proc.stderr.strip().startswith(
       f"error: cannot decode image {bad_folder / 'c_truncated.png'}: ")
   assert not (tmp_path / "q.csv").exists()
+  proc = subprocess.run(
+      [sys.executable, str(ENTRY), f"--workdir={run_dir}", f"--input={bad_folder}",
+       f"--output={tmp_path / 'r.csv'}", "--ood_score=knn", "--cpu_devices=1"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "error: --ood_score: expected one of mahalanobis, energy, msp, got 'knn'"]
+  assert not (tmp_path / "r.csv").exists()
 
 
 def test_unfinished_workdir_and_wrong_inputs(run_dir, tmp_path, capsys):

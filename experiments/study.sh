@@ -10,6 +10,9 @@
 #   git checkout f316bbc && bash experiments/study.sh all
 set -eu
 cd "$(dirname "$0")/.."
+# This checkout's package, not whichever one `pip install -e .` points at: a
+# study run from a frozen worktree must not pick up later edits of another tree.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 radmix() {
   python experiments/sweeps.py radmix_converged --jobs=1

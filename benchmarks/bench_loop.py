@@ -34,7 +34,9 @@ from common import ROOT
 from ols_jax import checkpointing
 from ols_jax import config as config_lib
 from ols_jax import data as data_lib
+from ols_jax import distributed
 from ols_jax import evaluation
+from ols_jax import models
 from ols_jax import parallel
 from ols_jax import report as report_lib
 from ols_jax import train
@@ -112,7 +114,7 @@ def fixed_batch_step_time(config, windows: int = 5, steps: int = 20) -> float:
   ds = data_lib.load_dataset(config.dataset, image_size=config.image_size)
   k = ds.info.num_classes
   devices = jax.devices()
-  model = train.make_model(config, k)
+  model = models.from_config(config, k)
   spe = len(ds.splits["train"]) // config.batch_size
   state = train_state.create(
       model, train.make_optimizer(config, train.learning_rate_schedule(config, spe)),
@@ -142,7 +144,7 @@ def main():
   config = _load_config(a.config)
   config.num_epochs, config.method = a.epochs, a.method
   config.progress, config.figures = False, bool(a.figures)
-  parallel.configure_cpu_devices(a.cpu_devices, (config.batch_size, config.eval_batch_size))
+  distributed.configure_cpu_devices(a.cpu_devices, (config.batch_size, config.eval_batch_size))
   with tempfile.TemporaryDirectory() as tmp:
     run = instrumented_run(config, pathlib.Path(tmp) / "run")
   step_s = fixed_batch_step_time(config)

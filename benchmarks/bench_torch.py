@@ -8,7 +8,7 @@ vectors with ``index_add_``.
 JAX side: ``parallel.jit_train_step`` with method ``ols`` and
 ``models.create('resnet18', K, small_input=True)``, twice: on one XLA CPU
 device (``jax_1dev``) and with the project default of one host device per
-usable core (``jax``, data parallel; ``parallel.configure_cpu_devices``), which
+usable core (``jax``, data parallel; ``distributed.configure_cpu_devices``), which
 is what ``experiments/radimagenet.py`` uses.
 
 Windows of all runners are interleaved (order flipped each window).
@@ -28,6 +28,7 @@ import time
 import common
 import jax
 
+from ols_jax import distributed
 from ols_jax import parallel
 
 
@@ -143,7 +144,7 @@ def main():
                       "entry point's default; 1 = a single device)")
   p.add_argument("--json", type=pathlib.Path, default=None)
   a = p.parse_args()
-  parallel.configure_cpu_devices(a.jax_devices, (a.batch_size,))
+  distributed.configure_cpu_devices(a.jax_devices, (a.batch_size,))
   if not common.torch_available():
     sys.exit("torch is not installed: pip install -r benchmarks/requirements.txt")
   rows = run([int(s) for s in a.sizes.split(",")], batch_size=a.batch_size,

@@ -15,9 +15,9 @@ import argparse
 import pathlib
 import sys
 
-from ols_jax import grid_runner
 from ols_jax import losses
-from ols_jax import study
+from ols_jax.study import grid_report
+from ols_jax.study import grid_runner
 
 
 def _list(text, cast=str):
@@ -58,11 +58,11 @@ def main(argv=None):
   failed = []
   if not args.summarise_only:
     cells = grid_runner.grid(_list(args.models), methods, _list(args.seeds, int),
-                       _list(args.alphas, float), _list(args.ols_inits))
+                             _list(args.alphas, float), _list(args.ols_inits))
     failed = grid_runner.run_grid(cells, args.config, out, extra=extra, jobs=args.jobs,
                                   teacher_model=args.teacher_model,
                                   threads_per_job=args.threads_per_job)
-  path = study.write_summary(out, args.title)
+  path = grid_report.write_summary(out, args.title)
   print(f"summary: {path}")
   if failed:
     print(f"{len(failed)} cell(s) failed; see their stdout.log", file=sys.stderr)

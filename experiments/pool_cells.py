@@ -5,7 +5,7 @@
 
 Reads each cell's collected folder (``docs/results/<cell>/``, written by
 ``experiments/collect_sweep.py``); cells still running are pooled as far as
-they go and the report lists what is missing. See :mod:`ols_jax.pooled`.
+they go and the report lists what is missing. See :mod:`ols_jax.study.pooled`.
 """
 
 import argparse
@@ -16,8 +16,9 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 import sweeps  # noqa: E402  (this folder is on sys.path when run as a script)
-from ols_jax import pooled  # noqa: E402
-from ols_jax import sweep as sweep_lib  # noqa: E402
+from ols_jax import fileio  # noqa: E402
+from ols_jax.study import pooled  # noqa: E402
+from ols_jax.study import sweep as sweep_lib  # noqa: E402
 
 
 def main(argv=None):
@@ -42,9 +43,7 @@ def main(argv=None):
     source = str(results)
   text = pooled.report(cells, arms, command, source=source)
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_name(out.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(out)
+  fileio.atomic_write_text(out, text)
   for c in cells:
     print(f"{c.name}: {c.runs} collected runs"
           + (f"; missing: {'; '.join(c.missing)}" if c.missing else "; complete"))

@@ -22,7 +22,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from ols_jax import cli  # noqa: E402
-from ols_jax import parallel  # noqa: E402
+from ols_jax import distributed  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished training run.")
 _INPUT = flags.DEFINE_string(
@@ -62,7 +62,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  parallel.configure_cpu_devices(_CPU_DEVICES.value, ())
+  distributed.configure_cpu_devices(_CPU_DEVICES.value, ())
   from ols_jax import predict  # pylint: disable=import-outside-toplevel
   summary = cli.call_or_exit(
       predict.predict_to_file, _WORKDIR.value, _INPUT.value, _OUTPUT.value,

@@ -23,7 +23,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from ols_jax import cli  # noqa: E402
-from ols_jax import parallel  # noqa: E402
+from ols_jax import distributed  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished training run.")
 _OUTPUT = flags.DEFINE_string("output", None, "Records: a .json file.")
@@ -42,7 +42,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  parallel.configure_cpu_devices(_CPU_DEVICES.value, ())
+  distributed.configure_cpu_devices(_CPU_DEVICES.value, ())
   from ols_jax import shift  # pylint: disable=import-outside-toplevel
   log = (lambda m: print(m, file=sys.stderr, flush=True)) if _PROGRESS.value else None
   summary = cli.call_or_exit(

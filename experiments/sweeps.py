@@ -1,4 +1,4 @@
-"""The tuned comparisons behind docs/RESULTS.md, as data (see ols_jax.sweep).
+"""The tuned comparisons behind docs/RESULTS.md, as data (see ols_jax.study.sweep).
 
   python experiments/sweeps.py radmix_converged --jobs=2 --threads_per_job=1
 
@@ -13,7 +13,7 @@ import sys
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
-from ols_jax import sweep as sweep_lib  # noqa: E402
+from ols_jax.study import sweep as sweep_lib  # noqa: E402
 
 # The five arms of "a fair test of OLS": CE; LS (optax / PyTorch form) with eps
 # tuned; Tf-KD as released (ResNet-18 values, not tuned); OLS from a uniform

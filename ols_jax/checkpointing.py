@@ -6,7 +6,9 @@ validation metric). Orbax writes each checkpoint to a temporary folder and
 renames it when complete, so a checkpoint interrupted while being written is
 never picked up (leftover temporary folders are removed on the next start).
 Saves are synchronous: when ``save_*`` returns, the checkpoint is on disk. A
-state with a non-finite value is never written.
+state with a non-finite value is never written. The model variables of a
+finished run's selected checkpoint (for inference or as a KD teacher) come
+from :func:`restore_selected_variables`.
 """
 
 from __future__ import annotations
@@ -176,65 +178,63 @@ def _model_variables(tree) -> dict[str, Any]:
   return variables
 
 
-def restore_teacher_variables(teacher_workdir: pathlib.Path, abstract_variables,
-                              num_classes: int) -> dict[str, Any]:
-  """Params and batch_stats of a finished run's best checkpoint (for KD).
-
-  Args:
-    teacher_workdir: the teacher run's workdir.
-    abstract_variables: ``jax.eval_shape`` of the teacher model's init.
-    num_classes: the student's class count; must match the teacher's.
-
-  Returns:
-    The teacher's variable dict.
-  """
-  found = _restore_selected(teacher_workdir)
-  if found is None:
-    root = pathlib.Path(teacher_workdir).resolve() / "checkpoints"
-    raise ConfigError(f"config.teacher_workdir: no checkpoint found under {root}")
-  path, out = found
-  teacher_k = np.shape(out["ols"]["soft_labels"])[-1]
-  if teacher_k != num_classes:
-    raise ConfigError(f"config.teacher_workdir: teacher has {teacher_k} classes, "
-                      f"the student's dataset has {num_classes}")
-  variables = _model_variables(out)
-  if jax.tree.structure(variables) != jax.tree.structure(abstract_variables):
-    raise ConfigError(f"config.teacher_workdir: checkpoint in {path.parent} does not "
-                      f"match the teacher's config.json model")
-  return jax.tree.map(np.asarray, variables)
+# What restore_selected_variables says, by who restores: a finished run for
+# inference, or another run's checkpoint as a KD teacher.
+_RESTORE_ERRORS = {
+    "run": {
+        "missing": "workdir {workdir}: no checkpoint under {root} (not a finished "
+                   "training run)",
+        "classes": "checkpoint {path}: {found} classes, but results.json names "
+                   "{expected}",
+        "model": "checkpoint {path} does not match the model of config.json",
+    },
+    "teacher": {
+        "missing": "config.teacher_workdir: no checkpoint found under {root}",
+        "classes": "config.teacher_workdir: teacher has {found} classes, the "
+                   "student's dataset has {expected}",
+        "model": "config.teacher_workdir: checkpoint in {path.parent} does not match "
+                 "the teacher's config.json model",
+    },
+}
 
 
-def restore_model_variables(workdir: pathlib.Path, abstract_variables,
-                            num_classes: int) -> tuple[dict[str, Any], pathlib.Path]:
-  """Params and batch_stats of a run's selected checkpoint (for inference).
+def restore_selected_variables(workdir: pathlib.Path, abstract_variables,
+                               num_classes: int, *, role: str = "run"
+                               ) -> tuple[dict[str, Any], pathlib.Path]:
+  """Params and batch_stats of a run's selected checkpoint.
 
   The selected checkpoint is the best by validation, as in the run's final
-  evaluation (the newest one when there is no best).
+  evaluation (the newest one when there is no best). Inference
+  (:func:`ols_jax.runs.load`) and a KD teacher both restore through here.
 
   Args:
     workdir: the run's workdir.
     abstract_variables: ``jax.eval_shape`` of its model's init.
-    num_classes: the run's class count.
+    num_classes: the class count the caller expects; the checkpoint's S must
+      have as many.
+    role: ``'run'`` (a finished run for inference) or ``'teacher'`` (a KD
+      teacher); words the errors.
 
   Returns:
-    ``(variables, checkpoint folder)``.
+    ``(variables, checkpoint folder)``: host arrays.
+
+  Raises:
+    ConfigError: no checkpoint, another class count, or another model.
   """
+  errors = _RESTORE_ERRORS[role]
   found = _restore_selected(workdir)
   if found is None:
     root = pathlib.Path(workdir).resolve() / "checkpoints"
-    raise ConfigError(f"workdir {workdir}: no checkpoint under {root} (not a "
-                      f"finished training run)")
+    raise ConfigError(errors["missing"].format(workdir=workdir, root=root))
   path, out = found
   k = np.shape(out["ols"]["soft_labels"])[-1]
   if k != num_classes:
-    raise ConfigError(f"checkpoint {path}: {k} classes, but results.json names "
-                      f"{num_classes}")
+    raise ConfigError(errors["classes"].format(path=path, found=k, expected=num_classes))
   variables = _model_variables(out)
   if jax.tree.structure(variables) != jax.tree.structure(abstract_variables):
-    raise ConfigError(f"checkpoint {path} does not match the model of config.json")
+    raise ConfigError(errors["model"].format(path=path))
   for got, want in zip(jax.tree.leaves(variables), jax.tree.leaves(abstract_variables)):
     if np.shape(got) != tuple(want.shape):
-      raise ConfigError(f"checkpoint {path} does not match the model of config.json "
-                        f"(a parameter of shape {np.shape(got)}, {tuple(want.shape)} "
-                        f"configured)")
+      raise ConfigError(errors["model"].format(path=path) + (
+          f" (a parameter of shape {np.shape(got)}, {tuple(want.shape)} configured)"))
   return jax.tree.map(np.asarray, variables), path

@@ -11,6 +11,8 @@ from typing import Any, Optional, TextIO
 
 import jax
 
+from ols_jax import fileio
+
 
 def is_main_process() -> bool:
   """Whether this process writes the run's files and shows its progress.
@@ -56,9 +58,7 @@ class MetricWriter:
           continue  # a line cut by a crash
         if rec.get("step", 0) <= truncate_after_step:
           kept.append(line)
-      tmp = self._path.with_name(self._path.name + ".tmp")
-      tmp.write_text("".join(l + "\n" for l in kept))
-      tmp.replace(self._path)
+      fileio.atomic_write_text(self._path, "".join(l + "\n" for l in kept))
     self._path.touch()
 
   def write(self, record: dict[str, Any]) -> None:

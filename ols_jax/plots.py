@@ -2,7 +2,7 @@
 
 Matplotlib is imported lazily with the Agg backend; figures are built as
 ``matplotlib.figure.Figure`` objects (no pyplot state) and written atomically
-(temporary file in the target folder, then ``os.replace``).
+(:mod:`ols_jax.fileio`).
 
 References:
   Guo et al., "On Calibration of Modern Neural Networks", ICML 2017 (Fig. 1).
@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+
+from ols_jax import fileio
 
 
 def _figure(**kwargs):
@@ -38,17 +39,9 @@ def _save(fig, path, dpi: int = 120, tight: bool = True) -> str:
     fig.savefig(path, format="png", dpi=dpi, bbox_inches=bbox)
     return path
   path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  tmp = os.path.join(folder, f".tmp-{os.getpid()}-{uuid.uuid4().hex}.png")
-  try:
-    with open(tmp, "wb") as f:
-      fig.savefig(f, format="png", dpi=dpi, bbox_inches=bbox)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with fileio.atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=dpi, bbox_inches=bbox)
   return path
 
 

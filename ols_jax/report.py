@@ -13,10 +13,26 @@ import jax
 import numpy as np
 
 from ols_jax import embeddings as embeddings_lib
+from ols_jax import fileio
 from ols_jax import plots
 from ols_jax.logging_utils import read_metrics
-from ols_jax.study import METRIC_COLUMNS
 
+# Every metric column of a run's report and of the study tables: (key, header
+# in a run's report.md, header in the study tables or None when they leave it
+# out, scale). The study tables (:mod:`ols_jax.study.grid_report`) take theirs
+# from here.
+METRIC_COLUMNS = (
+    ("top1_error", "Top-1 err (%)", "Top-1 err %", 100.0),
+    ("top5_error", "Top-5 err (%)", "Top-5 err %", 100.0),
+    ("ece", "ECE (%)", "ECE %", 100.0),
+    ("adaptive_ece", "adaptive ECE (%)", "adaptive ECE %", 100.0),
+    ("classwise_ece", "classwise ECE (%)", None, 100.0),
+    ("mce", "MCE (%)", None, 100.0),
+    ("calibration_gap", "conf - acc (%)", "conf-acc %", 100.0),
+    ("nll", "NLL", "NLL", 1.0),
+    ("brier", "Brier", "Brier", 1.0),
+    ("auroc_macro", "AUROC (macro)", "AUROC", 1.0),
+)
 # (key, header, scale) of the run report's metrics table.
 TABLE_METRICS = tuple((k, h, s) for k, h, _, s in METRIC_COLUMNS)
 
@@ -212,6 +228,4 @@ def write_report(workdir: pathlib.Path, config, evaluated) -> None:
   if made:
     lines += ["", "## Figures", ""]
     lines += [f"![{pathlib.Path(p).stem}](figures/{pathlib.Path(p).name})" for p in made]
-  tmp = workdir / "report.md.tmp"
-  tmp.write_text("\n".join(lines) + "\n")
-  tmp.replace(workdir / "report.md")
+  fileio.atomic_write_text(workdir / "report.md", "\n".join(lines) + "\n")

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ols_jax import calibration
+from ols_jax import fileio
 
 # Above every probability: a threshold that accepts nothing (the next float32
 # after 1, so it stays above 1 when compared with float32 confidences).
@@ -203,8 +204,6 @@ def abstention(val_confidence, val_correct, test_confidence, test_correct, *,
 def save_val_outputs(workdir: str | os.PathLike, logits, labels) -> pathlib.Path:
   """Writes the validation logits and labels atomically (for new thresholds)."""
   path = pathlib.Path(workdir) / VAL_OUTPUTS
-  tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez(tmp, logits=np.asarray(logits, np.float32),
-           label=np.asarray(labels, np.int64))
-  os.replace(tmp, path)
+  fileio.atomic_save_npz(path, logits=np.asarray(logits, np.float32),
+                         label=np.asarray(labels, np.int64))
   return path

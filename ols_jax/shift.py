@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from ols_jax import fileio
 from ols_jax import corruptions
 from ols_jax.config import ConfigError
 from ols_jax.data import augment
@@ -182,15 +183,15 @@ def evaluate_run(workdir: str | os.PathLike, *,
                  ) -> list[dict[str, Any]]:
   """A finished run's test split under the corruption suite.
 
-  Restores the run (:func:`ols_jax.predict.load_run`: its config and selected
+  Restores the run (:func:`ols_jax.runs.load`: its config and selected
   checkpoint), loads its dataset as the run did
   (:func:`ols_jax.data.load_for_config`, so a calibration-split run is scored
   on the same test half it reported) and runs :func:`shift_records` through
-  the training's evaluation path (:func:`ols_jax.evaluation.evaluate` on all
-  devices) with the run's temperature and ``config.seed``. The clean record
-  therefore equals the run's ``results.json`` test metrics, and each record
-  the run's own ``shift`` record when it was trained with
-  ``config.shift_eval``.
+  the evaluation step on all devices (:func:`ols_jax.runs.infer`, the
+  evaluation's input path at the run's ``eval_batch_size``) with the run's
+  temperature and ``config.seed``. The clean record therefore equals the
+  run's ``results.json`` test metrics, and each record the run's own
+  ``shift`` record when it was trained with ``config.shift_eval``.
 
   Args:
     workdir: the finished run.
@@ -202,30 +203,19 @@ def evaluate_run(workdir: str | os.PathLike, *,
   Returns:
     The records (:data:`RECORD_FIELDS`), clean first.
   """
-  # Imported here: evaluation imports this module.
-  import jax  # pylint: disable=import-outside-toplevel
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  from ols_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  # Imported here: evaluation imports this module, and runs imports evaluation.
   from ols_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from ols_jax import evaluation  # pylint: disable=import-outside-toplevel
-  from ols_jax import parallel  # pylint: disable=import-outside-toplevel
-  from ols_jax import predict  # pylint: disable=import-outside-toplevel
-  run = predict.load_run(workdir)
-  devices = list(jax.devices() if devices is None else devices)
-  config = ml_collections.ConfigDict(run.config.to_dict())
-  n = len(devices)
-  config.eval_batch_size = -(-int(config.eval_batch_size) // n) * n
+  from ols_jax import runs  # pylint: disable=import-outside-toplevel
+  run = runs.load(workdir)
+  config = run.config
+  placed = runs.on_devices(run, devices)  # compiled once for every record
   dataset = data_lib.load_for_config(config)
   images, labels = working_array(dataset.splits["test"], image_size=config.image_size,
                                  channels=config.channels)
-  dp = parallel.DataParallel("jit", config_lib.loss_spec(config, run.num_classes), devices,
-                             num_bins=int(config.num_bins))
-  state = dp.to_device(predict._inference_state(run))  # pylint: disable=protected-access
 
   def eval_logits(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    _, out = evaluation.evaluate(dp, state, sources.ArraySource(x, y), config,
-                                 with_outputs=True, channels=config.channels)
-    return out["logits"]
+    return runs.infer(placed, sources.ArraySource(x, y)).logits
 
   def score_fn(z, y, temperature=1.0):
     return evaluation.score(z, y, num_bins=int(config.num_bins), temperature=temperature)
@@ -251,16 +241,11 @@ def write_outputs(records: Sequence[dict[str, Any]], output: str | os.PathLike,
       if not math.isfinite(float(r[key])):
         raise ValueError(f"shift record {r['corruption']} / {r['severity']}: {key} is "
                          f"{r[key]}")
-  tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-  try:
+  with fileio.atomic_path(output) as tmp:
     tmp.write_text(json.dumps([{k: r[k] for k in RECORD_FIELDS} for r in records],
                               indent=1) + "\n", encoding="utf-8")
     if figure is not None:
       plots.shift_curves(records, figure, title=title)
-    os.replace(tmp, output)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
 
 
 def shift_to_files(workdir: str | os.PathLike, output: str | os.PathLike, *,

@@ -38,12 +38,14 @@ from ols_jax import checkpointing
 from ols_jax import config as config_lib
 from ols_jax import data as data_lib
 from ols_jax import evaluation
+from ols_jax import fileio
 from ols_jax import hooks as hooks_lib
 from ols_jax import losses
 from ols_jax import models
 from ols_jax import ols
 from ols_jax import parallel
 from ols_jax import report as report_lib
+from ols_jax import runs
 from ols_jax import selective
 from ols_jax import tensorboard_log
 from ols_jax import train_state as train_state_lib
@@ -58,31 +60,6 @@ class TrainingDivergedError(RuntimeError):
 # ----------------------------------------------------------------------------
 # Building blocks.
 # ----------------------------------------------------------------------------
-
-
-def make_model(config, num_classes: int, bn_axis_name: Optional[str] = None):
-  """The configured model, given only the options it uses.
-
-  Args:
-    config: a run config (``model``, ``small_input``, ``width_multiplier``,
-      ``dtype``, ``dropout_rate`` (< 0: the model's default),
-      ``zero_init_residual``).
-    num_classes: number of output logits.
-    bn_axis_name: the pmap axis that BatchNorm averages over, or None.
-
-  Returns:
-    An unbound Flax module (:func:`ols_jax.models.create`).
-  """
-  options = {"small_input": bool(config.small_input),
-             "width_multiplier": float(config.width_multiplier),
-             "dtype": jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32,
-             "zero_init_residual": bool(config.zero_init_residual),
-             "bn_axis_name": bn_axis_name}
-  if config.dropout_rate >= 0:
-    options["dropout_rate"] = float(config.dropout_rate)
-  used = models.used_options(config.model)
-  return models.create(config.model, num_classes,
-                       **{k: v for k, v in options.items() if k in used})
 
 
 def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
@@ -169,31 +146,18 @@ def _check_workdir(workdir: pathlib.Path) -> None:
 
 
 def _save_npy_atomic(path: pathlib.Path, array: np.ndarray) -> None:
-  """Writes ``array`` to ``path`` through a temporary file (process 0 only)."""
+  """Writes ``array`` to ``path`` atomically (process 0 only)."""
   if jax.process_index():  # every process holds the same array; one writes it.
     return
   path.parent.mkdir(exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.npy")
-  np.save(tmp, array)
-  os.replace(tmp, path)
+  fileio.atomic_save_npy(path, array)
 
 
 def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  """Writes ``obj`` as JSON through a temporary file (process 0 only)."""
+  """Writes ``obj`` as JSON atomically (process 0 only); NumPy values as numbers."""
   if jax.process_index():  # every process holds the same object; one writes it.
     return
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
-  os.replace(tmp, path)
-
-
-def _json_default(x):
-  """NumPy scalars and arrays as JSON numbers and lists."""
-  if isinstance(x, (np.floating, np.integer)):
-    return x.item()
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  raise TypeError(f"not JSON serialisable: {type(x)}")
+  fileio.atomic_write_json(path, obj, indent=2, sort_keys=True)
 
 
 def _check_config_against_workdir(config, workdir: pathlib.Path,
@@ -227,21 +191,29 @@ def _check_config_against_workdir(config, workdir: pathlib.Path,
 def load_teacher(config, num_classes: int, channels: int):
   """Restores the selected checkpoint of another run as a KD teacher.
 
+  Only the teacher's ``config.json`` and checkpoints are read
+  (:func:`ols_jax.runs.restore_model`, as inference restores a finished run);
+  its ``results.json`` is not needed.
+
+  Args:
+    config: the student's config (``teacher_workdir``).
+    num_classes: the student's class count; the teacher must have as many.
+    channels: the student's input channels.
+
   Returns:
     ``(teacher_apply, teacher_variables)``.
+
+  Raises:
+    ConfigError: no ``config.json`` or checkpoint, or a teacher of another
+      class count or model.
   """
   tdir = pathlib.Path(config.teacher_workdir)
-  cfg_path = tdir / "config.json"
-  if not cfg_path.exists():
+  if not (tdir / "config.json").exists():
     raise config_lib.ConfigError(
         f"config.teacher_workdir: no config.json in {tdir} (expected a finished run)")
-  tcfg = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
-  teacher_model = make_model(tcfg, num_classes)
-  abstract = jax.eval_shape(lambda: teacher_model.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, tcfg.image_size, tcfg.image_size, channels)),
-      train=False))
-  variables = checkpointing.restore_teacher_variables(tdir, abstract, num_classes)
-  return teacher_model.apply, variables
+  model, variables, _ = runs.restore_model(tdir, runs.read_config(tdir), num_classes,
+                                           channels=channels, role="teacher")
+  return model.apply, variables
 
 
 # ----------------------------------------------------------------------------
@@ -250,8 +222,10 @@ def load_teacher(config, num_classes: int, channels: int):
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class RunContext:
   """What the loop works with, built once by :func:`prepare`.
+
+  A run in progress; a finished one is read by :mod:`ols_jax.runs`.
 
   Attributes:
     config: the run config.
@@ -327,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-            hooks: hooks_lib.Hooks) -> tuple[Run, Any, LoopState]:
+            hooks: hooks_lib.Hooks) -> tuple[RunContext, Any, LoopState]:
   """Validates and loads everything, then opens the workdir and restores.
 
   Nothing is written to the workdir before the config, the data, the devices
@@ -339,8 +313,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     hooks: the loop's hooks.
 
   Returns:
-    ``(run, state, loop)``: the :class:`Run`, the device-side TrainState and
-    the :class:`LoopState` (both restored from the newest checkpoint, if any).
+    ``(run, state, loop)``: the :class:`RunContext`, the device-side TrainState
+    and the :class:`LoopState` (both restored from the newest checkpoint, if any).
 
   Raises:
     ConfigError, DataError: invalid config, data, devices or workdir.
@@ -378,19 +352,20 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                      dp.soft_labels(state))
   progress = Progress(steps_per_epoch * config.num_epochs, enabled=config.progress,
                       stream=sys.stderr)
-  run = Run(config=config, workdir=workdir, dataset=dataset, devices=tuple(devices),
-            spec=spec, schedule=schedule, steps_per_epoch=steps_per_epoch,
-            flip_labels=flip_labels, dp=dp, train_args=train_args,
-            checkpointer=checkpointer, writer=writer, progress=progress, hooks=hooks,
-            start_time=start_time, ood_sources=ood_sources)
+  run = RunContext(config=config, workdir=workdir, dataset=dataset,
+                   devices=tuple(devices), spec=spec, schedule=schedule,
+                   steps_per_epoch=steps_per_epoch, flip_labels=flip_labels, dp=dp,
+                   train_args=train_args, checkpointer=checkpointer, writer=writer,
+                   progress=progress, hooks=hooks, start_time=start_time,
+                   ood_sources=ood_sources)
   return run, state, loop
 
 
-def train_epoch(run: Run, state, loop: LoopState) -> tuple[Any, LoopState]:
+def train_epoch(run: RunContext, state, loop: LoopState) -> tuple[Any, LoopState]:
   """Trains epoch ``loop.epoch`` from step ``loop.step_in_epoch`` and closes it.
 
   Args:
-    run: the :class:`Run`.
+    run: the :class:`RunContext`.
     state: the device-side TrainState.
     loop: where the loop stands.
 
@@ -407,7 +382,7 @@ def train_epoch(run: Run, state, loop: LoopState) -> tuple[Any, LoopState]:
   return state, _select_and_save(run, state, loop, val[run.config.select_metric])
 
 
-def write_outputs(run: Run, evaluated: evaluation.FinalEvaluation) -> None:
+def write_outputs(run: RunContext, evaluated: evaluation.FinalEvaluation) -> None:
   """Writes the final outputs; ``results.json`` last, as it marks the run done.
 
   ``val_outputs.npz`` (for new abstention thresholds), ``report.md`` with the
@@ -417,9 +392,7 @@ def write_outputs(run: Run, evaluated: evaluation.FinalEvaluation) -> None:
     selective.save_val_outputs(run.workdir, evaluated.val_outputs["logits"],
                                evaluated.val_outputs["label"])
     if evaluated.ood_fit is not None:
-      tmp = run.workdir / "ood_fit.tmp.npz"
-      np.savez(tmp, **evaluated.ood_fit)
-      os.replace(tmp, run.workdir / "ood_fit.npz")
+      fileio.atomic_save_npz(run.workdir / "ood_fit.npz", **evaluated.ood_fit)
   report_lib.write_report(run.workdir, run.config, evaluated)
   run.hooks.before_final_write()
   _write_json_atomic(run.workdir / "results.json", evaluated.summary)
@@ -478,7 +451,7 @@ def _steps_per_epoch(config, num_train: int) -> int:
 
 def _initial_state(config, num_classes: int, schedule: optax.Schedule):
   """The freshly initialised host TrainState of the configured model."""
-  model = make_model(config, num_classes, bn_axis_name=(
+  model = models.from_config(config, num_classes, bn_axis_name=(
       parallel.PMAP_AXIS if config.parallel == "pmap" else None))
   return train_state_lib.create(
       model, make_optimizer(config, schedule),
@@ -513,7 +486,7 @@ def _finished_summary(workdir: pathlib.Path, final_step: int) -> Optional[dict[s
   return summary if summary.get("final_step") == final_step else None
 
 
-def _run_fields(run: Run, loop: LoopState, final_step: int) -> dict[str, Any]:
+def _run_fields(run: RunContext, loop: LoopState, final_step: int) -> dict[str, Any]:
   """What describes a finished run in its summary (besides its metrics)."""
   config, info = run.config, run.dataset.info
   return {
@@ -544,7 +517,7 @@ class _RunningSums(NamedTuple):
   first_bad: jax.Array
 
 
-def _train_steps(run: Run, state, loop: LoopState) -> tuple[Any, dict[str, Any]]:
+def _train_steps(run: RunContext, state, loop: LoopState) -> tuple[Any, dict[str, Any]]:
   """The epoch's remaining steps, with their log lines and mid-epoch checkpoints.
 
   Returns:
@@ -590,7 +563,7 @@ def _train_steps(run: Run, state, loop: LoopState) -> tuple[Any, dict[str, Any]]
   return state, sums
 
 
-def _log_window(run: Run, running: _RunningSums, global_step: int, epoch: float,
+def _log_window(run: RunContext, running: _RunningSums, global_step: int, epoch: float,
                 window_steps: int, window_start: float) -> None:
   """Writes the metrics line of the steps since the last one.
 
@@ -608,7 +581,7 @@ def _log_window(run: Run, running: _RunningSums, global_step: int, epoch: float,
                     "images_per_second": window_steps * run.config.batch_size / dt})
 
 
-def _save_mid_epoch(run: Run, state, loop: LoopState, running: _RunningSums,
+def _save_mid_epoch(run: RunContext, state, loop: LoopState, running: _RunningSums,
                     global_step: int) -> None:
   """Saves a ``last`` checkpoint inside the epoch, with the running sums.
 
@@ -623,7 +596,7 @@ def _save_mid_epoch(run: Run, state, loop: LoopState, running: _RunningSums,
   run.checkpointer.save_last(global_step, run.dp.to_host(state), position.to_json())
 
 
-def _epoch_boundary(run: Run, state, loop: LoopState
+def _epoch_boundary(run: RunContext, state, loop: LoopState
                     ) -> tuple[Any, LoopState, Optional[np.ndarray]]:
   """OLS only: the next S from the epoch's sums, saved and its entropies kept.
 
@@ -643,7 +616,7 @@ def _epoch_boundary(run: Run, state, loop: LoopState
   return state, loop, soft_labels
 
 
-def _validate(run: Run, state, loop: LoopState, train_sums: dict[str, Any],
+def _validate(run: RunContext, state, loop: LoopState, train_sums: dict[str, Any],
               soft_labels: Optional[np.ndarray]) -> dict[str, float]:
   """Evaluates on val; logs the epoch's line, figures and progress message.
 
@@ -672,7 +645,7 @@ def _validate(run: Run, state, loop: LoopState, train_sums: dict[str, Any],
   return val
 
 
-def _select_and_save(run: Run, state, loop: LoopState, score: float) -> LoopState:
+def _select_and_save(run: RunContext, state, loop: LoopState, score: float) -> LoopState:
   """Closes the epoch: keeps ``score`` if best, writes ``best`` and ``last``.
 
   Returns:

@@ -111,8 +111,7 @@ def _check_png(path, returned):
     head = f.read(8)
   assert head == PNG_MAGIC
   assert os.path.getsize(path) > 1000
-  leftovers = [n for n in os.listdir(os.path.dirname(path))
-               if n.startswith(".tmp-")]
+  leftovers = [n for n in os.listdir(os.path.dirname(path)) if ".tmp" in n]
   assert not leftovers
 
 

@@ -1,4 +1,4 @@
-"""The pooled verdict (ols_jax.pooled, experiments/pool_cells.py) on synthetic cells."""
+"""The pooled verdict (ols_jax.study.pooled, experiments/pool_cells.py) on synthetic cells."""
 
 import json
 import pathlib
@@ -6,9 +6,9 @@ import pathlib
 import numpy as np
 from scipy import stats as scipy_stats
 
-from ols_jax import pooled
-from ols_jax import stats
-from ols_jax import sweep as sweep_lib
+from ols_jax.study import pooled
+from ols_jax.study import stats
+from ols_jax.study import sweep as sweep_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ARMS = (sweep_lib.Arm("ce", "ce"), sweep_lib.Arm("ls", "ls"),

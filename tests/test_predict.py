@@ -30,15 +30,18 @@ from ols_jax import conformal
 from ols_jax import data as data_lib
 from ols_jax import evaluation
 from ols_jax import logging_utils
+from ols_jax import models
 from ols_jax import ood
 from ols_jax import parallel
 from ols_jax import paths
 from ols_jax import predict
+from ols_jax import runs
 from ols_jax import selective
 from ols_jax import train
 from ols_jax import train_state
 from ols_jax.data import datasets
 from ols_jax.data import dicom
+from ols_jax.data import inputs as inputs_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ENTRY = REPO / "experiments" / "predict.py"
@@ -103,7 +106,7 @@ def _reference_test_logits(workdir):
   dataset = data_lib.load_dataset(config.dataset, image_size=config.image_size)
   k = dataset.info.num_classes
   state = train_state.create(
-      train.make_model(config, k),
+      models.from_config(config, k),
       train.make_optimizer(config, train.learning_rate_schedule(config, 1)),
       input_shape=(config.image_size, config.image_size, config.channels),
       num_classes=k, rng=jax.random.PRNGKey(0))
@@ -117,6 +120,15 @@ def _reference_test_logits(workdir):
 # ----------------------------------------------------------------------------
 # Equality with the run's own evaluation; temperature; abstention.
 # ----------------------------------------------------------------------------
+
+
+def test_inference_does_not_import_the_training_loop():
+  code = ("import sys, ols_jax.predict, ols_jax.runs, ols_jax.shift; "
+          "print('ols_jax.train' in sys.modules)")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                        text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "False"
 
 
 def test_npz_test_split_equals_the_final_evaluation(run_dir, tmp_path):
@@ -134,8 +146,8 @@ def test_npz_test_split_equals_the_final_evaluation(run_dir, tmp_path):
   ref_logits, ref_labels = _reference_test_logits(run_dir)
   t = results["temperature"]
   ref = selective.probabilities(ref_logits, t)
-  run = predict.load_run(run_dir)
-  got = predict.predict_logits(run, predict.collect_inputs(_npz()), progress=False)
+  run = runs.load(run_dir)
+  got = predict.predict_logits(run, inputs_lib.collect_inputs(_npz()), progress=False)
   np.testing.assert_array_equal(got.labels, ref_labels)
   np.testing.assert_allclose(selective.probabilities(got.logits, t), ref, atol=1e-6)
   np.testing.assert_array_equal(np.argmax(got.logits, 1), np.argmax(ref_logits, 1))
@@ -254,8 +266,9 @@ def test_sets_hold_the_prediction_and_match_the_library(run_dir, tmp_path):
   results = _results(run_dir)
   names = list(results["class_names"])
   val_logits, val_labels = _val(run_dir)
-  run = predict.load_run(run_dir)
-  logits = predict.predict_logits(run, predict.collect_inputs(_npz()), progress=False).logits
+  run = runs.load(run_dir)
+  logits = predict.predict_logits(run, inputs_lib.collect_inputs(_npz()),
+                                  progress=False).logits
   for method, temperature, ext in (("aps", True, "jsonl"), ("lac", True, "csv"),
                                    ("aps", False, "csv")):
     out = tmp_path / f"{method}_{temperature}.{ext}"
@@ -307,8 +320,8 @@ def test_sets_cover_on_an_exchangeable_test_half(run_dir, tmp_path):
   every set is every class), where only the lower bound holds.
   """
   results = _results(run_dir)
-  run = predict.load_run(run_dir)
-  preds = predict.predict_logits(run, predict.collect_inputs(_npz()), progress=False)
+  run = runs.load(run_dir)
+  preds = predict.predict_logits(run, inputs_lib.collect_inputs(_npz()), progress=False)
   cal, rest = datasets.stratified_halves(preds.labels, 0)
   half = tmp_path / "test_half"
   half.mkdir()
@@ -321,7 +334,7 @@ def test_sets_cover_on_an_exchangeable_test_half(run_dir, tmp_path):
   for method in conformal.METHODS:
     score_fn = conformal.lac_scores if method == "lac" else conformal.aps_scores
     for alpha in (0.1, 0.2, 0.3):
-      qhat, got_alpha = predict.conformal_threshold(half_run, method=method, alpha=alpha)
+      qhat, got_alpha = runs.conformal_threshold(half_run, method=method, alpha=alpha)
       assert got_alpha == alpha
       stats = conformal.evaluate_sets(conformal.prediction_sets(probs, qhat, method),
                                       preds.labels[rest])
@@ -343,7 +356,7 @@ def test_sets_cover_on_an_exchangeable_test_half(run_dir, tmp_path):
 
 def test_far_ood_scans_are_flagged_far_more_often(run_dir, tmp_path):
   results = _results(run_dir)
-  assert (run_dir / predict.OOD_FIT).is_file()
+  assert (run_dir / runs.OOD_FIT).is_file()
   inside = predict.predict_to_file(run_dir, _npz(), tmp_path / "in.csv", progress=False)
   flags = inside["ood"]
   assert (flags["score"], flags["source"], flags["tpr"]) == ("mahalanobis", "ood_fit.npz",
@@ -394,7 +407,7 @@ def test_ood_scores_options_and_older_runs(run_dir, tmp_path, capsys):
   # A run from before OOD scores: energy, thresholded on its saved val logits.
   old = tmp_path / "old"
   shutil.copytree(run_dir, old)
-  (old / predict.OOD_FIT).unlink()
+  (old / runs.OOD_FIT).unlink()
   summary = predict.predict_to_file(old, _npz(), tmp_path / "old.csv", progress=False)
   flags = summary["ood"]
   assert (flags["score"], flags["source"]) == ("energy", "val_outputs.npz")

@@ -1,11 +1,11 @@
-"""Paired bootstrap and seed intervals (ols_jax.stats) against NumPy references."""
+"""Paired bootstrap and seed intervals (ols_jax.study.stats) against NumPy references."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ols_jax import metrics as metrics_lib
-from ols_jax import stats
+from ols_jax.study import stats
 
 
 def _logits(n=600, k=7, seed=0, scale=3.0):

@@ -16,6 +16,7 @@ import pytest
 
 from ols_jax import losses
 from ols_jax import ols
+from ols_jax import distributed
 from ols_jax import parallel
 from ols_jax import steps
 from ols_jax import train_state
@@ -244,17 +245,17 @@ def test_batch_size_must_split_over_devices():
     (3, (30,), 2, 3),        # an explicit count is taken as is
 ])
 def test_cpu_device_count(requested, batches, cores, expected):
-  assert parallel.cpu_device_count(requested, batches, cores=cores) == expected
+  assert distributed.cpu_device_count(requested, batches, cores=cores) == expected
 
 
 def test_cpu_device_count_rejects_negative():
   with pytest.raises(ValueError, match="cpu_devices: expected >= 0, got -1"):
-    parallel.cpu_device_count(-1, (128,))
+    distributed.cpu_device_count(-1, (128,))
 
 
-_CONFIGURE = ("import jax; from ols_jax import parallel; "
-              "n = parallel.configure_cpu_devices({req}, (128, 512)); "
-              "print(n, len(jax.devices()), parallel.usable_cores())")
+_CONFIGURE = ("import jax; from ols_jax import distributed; "
+              "n = distributed.configure_cpu_devices({req}, (128, 512)); "
+              "print(n, len(jax.devices()), distributed.usable_cores())")
 
 
 @pytest.mark.parametrize("extra_flags,req", [("", 0), ("", 1),
@@ -269,7 +270,7 @@ def test_configure_cpu_devices_in_a_fresh_process(extra_flags, req):
   if extra_flags:
     assert (configured, devices) == (0, 1)
   else:
-    expected = parallel.cpu_device_count(req, (128, 512), cores=cores)
+    expected = distributed.cpu_device_count(req, (128, 512), cores=cores)
     assert configured == devices == expected
 
 

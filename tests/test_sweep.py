@@ -2,21 +2,23 @@
 
 import json
 import pathlib
+import sys
 
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
 from ols_jax import metrics as metrics_lib
-from ols_jax import stats
-from ols_jax import sweep as sweep_lib
-from ols_jax import sweep_report
+from ols_jax.study import collected
+from ols_jax.study import grid_runner
+from ols_jax.study import stats
+from ols_jax.study import sweep as sweep_lib
+from ols_jax.study import sweep_report
 
 ARMS = (sweep_lib.Arm("ce", "ce"),
         sweep_lib.Arm("ls", "ls", grid=(("eps", (0.05, 0.1)),)),
         sweep_lib.Arm("ols_zeros", "ols", fixed=(("ols_init", "zeros"),),
                       grid=(("alpha", (0.3, 0.7)),)))
-REPO = pathlib.Path(__file__).resolve().parent.parent
 SWEEP = sweep_lib.Sweep("toy", "Toy sweep", "experiments/configs/smoke.py", "tiny_cnn", ARMS,
                         seeds=(0, 1))
 
@@ -288,9 +290,7 @@ def test_older_collected_folder_omits_the_new_sections(tmp_path):
   assert "## Paired differences: ls minus ce" in text
 
 
-def test_collector_saves_and_checks_the_new_arrays(tmp_path, monkeypatch):
-  monkeypatch.syspath_prepend(str(REPO / "experiments"))
-  import collect_sweep  # pylint: disable=import-outside-toplevel
+def test_collector_saves_and_checks_the_new_arrays(tmp_path):
   rng = np.random.default_rng(3)
   logits, labels = rng.normal(size=(120, 4)) * 3, rng.integers(0, 4, 120)
   rec = stats.example_records(logits, labels, 0.8)
@@ -299,11 +299,51 @@ def test_collector_saves_and_checks_the_new_arrays(tmp_path, monkeypatch):
              "test_ts": {"brier": stats.metric(rec, "brier_ts"),
                          "adaptive_ece": metrics_lib.adaptive_ece(probs, labels)}}
   path = tmp_path / "seed0_records.npz"
-  collect_sweep.save_records(rec, results, path, where="toy")
+  collected.save_records(rec, results, path, where="toy")
   saved = dict(np.load(path))
   assert set(saved) == {"correct", "conf", "logp", "brier", "conf_ts", "logp_ts", "brier_ts"}
   np.testing.assert_allclose(stats.metric(saved, "brier_ts"), results["test_ts"]["brier"],
                              atol=1e-6)
   results["test"]["brier"] += 0.01
-  with pytest.raises(SystemExit, match="brier"):
-    collect_sweep.save_records(rec, results, tmp_path / "bad.npz", where="toy")
+  with pytest.raises(collected.RecordMismatchError, match="brier"):
+    collected.save_records(rec, results, tmp_path / "bad.npz", where="toy")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0_records.npz"]
+
+
+def test_collected_layout_read_back_and_restored(tmp_path):
+  """One reader and one restore for the collected layout (both pipelines)."""
+  docs, runs_dir = tmp_path / "docs", tmp_path / "runs"
+  docs.mkdir()
+  _collected_folder(docs)
+  (docs / "tiny_cnn" / "ce" / "seed0_old.json").write_text("{}")  # not a run: skipped
+  rows = collected.load_all(docs)
+  assert [(r["variant"], r["seed"]) for r in rows] == [
+      (f, s) for f in sorted(KEPT.values()) for s in (0, 1)]
+  run = collected.load_run(docs, "tiny_cnn", "ls_eps0.1", 1)
+  assert run["metrics"][0]["train/accuracy"] == 0.9 and set(run["records"]) >= {"correct"}
+  assert "metrics" not in collected.load_run(docs, "tiny_cnn", "ce", 0, details=False)
+  assert collected.load_run(docs, "tiny_cnn", "ce", 5) is None
+  assert collected.restore(docs, runs_dir) == 6
+  for folder in KEPT.values():
+    for seed in (0, 1):
+      work = runs_dir / "tiny_cnn" / folder / f"seed{seed}"
+      assert sorted(p.name for p in work.iterdir()) == ["metrics.jsonl", "results.json"]
+      assert (work / "results.json").read_text() == (
+          docs / "tiny_cnn" / folder / f"seed{seed}.json").read_text()
+  assert collected.restore(docs, runs_dir) == 0  # never overwrites
+  # A restored folder is collected again as it was (no records: no checkpoint needed).
+  again = tmp_path / "again"
+  work = runs_dir / "tiny_cnn" / "ce" / "seed1"
+  assert collected.collect_run(work, again, 1, records=False)
+  assert sorted(p.name for p in again.iterdir()) == ["seed1.json", "seed1_metrics.jsonl"]
+  assert not collected.collect_run(tmp_path / "unfinished", again, 2)
+
+
+def test_cells_run_the_library_command_line():
+  cell = SWEEP.tuning_cells()[1]
+  out = pathlib.Path("out")
+  cmd = grid_runner.command(cell, "cfg.py", out)
+  assert cmd[:3] == [sys.executable, "-m", "ols_jax.cli"]
+  assert "--config=cfg.py" in cmd and "--config.eps=0.05" in cmd
+  script = grid_runner.command(cell, "cfg.py", out, entry_point=pathlib.Path("entry.py"))
+  assert script[:2] == [sys.executable, "entry.py"] and script[2:] == cmd[3:]

@@ -10,11 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from ols_jax import collected
-from ols_jax import grid_runner
 from ols_jax import logging_utils
-from ols_jax import study
+from ols_jax import models
 from ols_jax import train
+from ols_jax.study import collected
+from ols_jax.study import grid_report
+from ols_jax.study import grid_runner
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 METHODS = ("ce", "ls", "ls_kminus1", "tfkd_reg", "tfkd_paper", "kd", "ols", "focal", "flsd53", "mbls")
@@ -32,13 +33,13 @@ def smoke_config(**overrides):
   return c
 
 
-def test_make_model_passes_the_options_each_model_uses():
-  resnet = train.make_model(smoke_config(model="resnet18", dropout_rate=0.3,
-                                         zero_init_residual=True), 4, bn_axis_name="d")
+def test_make_model_from_config_passes_the_options_each_model_uses():
+  resnet = models.from_config(smoke_config(model="resnet18", dropout_rate=0.3,
+                                           zero_init_residual=True), 4, bn_axis_name="d")
   assert (resnet.dropout_rate, resnet.zero_init_residual, resnet.bn_axis_name) == (
       0.3, True, "d")
-  vgg = train.make_model(smoke_config(model="vgg19", zero_init_residual=True), 4,
-                         bn_axis_name="d")
+  vgg = models.from_config(smoke_config(model="vgg19", zero_init_residual=True), 4,
+                           bn_axis_name="d")
   assert (vgg.dropout_rate, vgg.zero_init_residual, vgg.bn_axis_name) == (0.5, False, None)
 
 
@@ -184,7 +185,7 @@ def test_collect_then_restore_round_trip(runs, tmp_path):
     dst = out / "tiny_cnn" / method / "seed0"
     dst.parent.mkdir(parents=True)
     shutil.copytree(runs[method][0], dst, ignore=shutil.ignore_patterns("checkpoints"))
-  study.write_summary(out, title="Toy study")
+  grid_report.write_summary(out, title="Toy study")
 
   def collect(study_dir, *extra):
     return subprocess.run([sys.executable, str(REPO / "experiments" / "collect_results.py"),
@@ -199,12 +200,12 @@ def test_collect_then_restore_round_trip(runs, tmp_path):
   proc = collect(fresh, "--restore=study")
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "restored 2 runs" in proc.stdout
-  back = study.load_results(fresh / "study")
-  orig = study.load_results(out)
+  back = grid_report.load_results(fresh / "study")
+  orig = grid_report.load_results(out)
   assert [(r["variant"], r["seed"], r["test"]) for r in back] == \
       [(r["variant"], r["seed"], r["test"]) for r in orig]
   assert (fresh / "study" / "summary.md").read_text().startswith("# Toy study")
-  assert collected.restore_collected(dest / "study", fresh / "study") == 0  # never overwrites
+  assert collected.restore(dest / "study", fresh / "study") == 0  # never overwrites
   proc = collect(fresh, "--restore=nope")
   assert proc.returncode != 0 and "nope is not a collected study folder" in proc.stderr
 
@@ -230,7 +231,7 @@ def test_overview_ranks_and_paired_wins():
       _fake_result("ce", 0, 0.20, 0.05, 0.03), _fake_result("ce", 1, 0.20, 0.05, 0.03),
       _fake_result("ls", 0, 0.12, 0.01, 0.01), _fake_result("ls", 1, 0.12, 0.01, 0.01),
   ]
-  (r,) = study.overview_rows(rows)
+  (r,) = grid_report.overview_rows(rows)
   assert r["methods"] == ["ols", "ce", "ls"] and r["seeds"] == 2
   # Mean error: ols 0.20 (ties ce 0.20, ties are not counted as better), ls 0.12.
   assert r["rank_error"] == 2
@@ -239,7 +240,7 @@ def test_overview_ranks_and_paired_wins():
   assert r["wins"][("ce", "top1_error")] == (1, 2)
   assert r["wins"][("ls", "ece")] == (0, 2)
   assert r["ols_gap"][0] == pytest.approx(-0.04)
-  table = study.overview_table([("toy", rows)])
+  table = grid_report.overview_table([("toy", rows)])
   assert "| toy | m | 2 | 2 / 3 / 2 (of 3) | 20.0 ± 14.1 vs 20.0 ± 0.0 |" in table
   assert table.count("\n") == 2  # header, rule, one row
 
@@ -253,7 +254,7 @@ def test_s_entropy_curves_per_model_variant_seed(tmp_path):
   rows = [row("b", "ols", 1, [[0.6, 0.4], [0.2, 0.0]]),
           row("a", "ols", 0, [[0.69, 0.69]]),
           row("a", "ce", 0, [[0.1, 0.1]]), row("a", "ols", 2, [])]
-  curves = study.s_entropy_curves(rows)
+  curves = grid_report.s_entropy_curves(rows)
   assert list(curves) == [("a", "ols", 0), ("b", "ols", 1)]
   np.testing.assert_allclose(curves[("b", "ols", 1)], [0.5, 0.1])
   for model, seed in (("a", 0), ("b", 1)):
@@ -261,7 +262,7 @@ def test_s_entropy_curves_per_model_variant_seed(tmp_path):
     d.mkdir(parents=True)
     r = next(r for r in rows if r["model"] == model and r["seed"] == seed)
     (d / "results.json").write_text(json.dumps(r))
-  assert study.ablation_figures(tmp_path, tmp_path) == ["s_entropy.png"]
+  assert grid_report.ablation_figures(tmp_path, tmp_path) == ["s_entropy.png"]
   assert (tmp_path / "s_entropy.png").stat().st_size > 1000
 
 

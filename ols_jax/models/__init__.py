@@ -3,15 +3,17 @@
 Every model is a Flax linen module called as
 ``model.apply(variables, x, train=False, return_embedding=False)`` on
 ``(B, H, W, C)`` float images; it returns float32 logits ``(B, K)`` or
-``(logits, embedding)``. Build one with ``create(name, num_classes, **options)``.
+``(logits, embedding)``. Build one with ``create(name, num_classes, **options)``,
+or a run's with ``from_config(config, num_classes)``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ols_jax.models import common
@@ -160,6 +162,35 @@ def create(name: str, num_classes: int, **options) -> nn.Module:
   return _BUILDERS[key](num_classes=int(num_classes), **options)
 
 
+def from_config(config: Any, num_classes: int,
+                bn_axis_name: Optional[str] = None) -> nn.Module:
+  """A run config's model, given only the options that model uses.
+
+  Training builds its model here, and so does everything that restores a
+  finished run (predict, a KD teacher).
+
+  Args:
+    config: a run config (``model``, ``small_input``, ``width_multiplier``,
+      ``dtype``, ``dropout_rate`` (< 0: the model's default),
+      ``zero_init_residual``).
+    num_classes: number of output logits.
+    bn_axis_name: the pmap axis that BatchNorm averages over, or None.
+
+  Returns:
+    An unbound Flax module (:func:`create`).
+  """
+  options = {'small_input': bool(config.small_input),
+             'width_multiplier': float(config.width_multiplier),
+             'dtype': jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32,
+             'zero_init_residual': bool(config.zero_init_residual),
+             'bn_axis_name': bn_axis_name}
+  if config.dropout_rate >= 0:
+    options['dropout_rate'] = float(config.dropout_rate)
+  used = used_options(config.model)
+  return create(config.model, num_classes,
+                **{k: v for k, v in options.items() if k in used})
+
+
 def count_params(params: Any) -> int:
   """Total number of elements in a pytree of arrays or ``ShapeDtypeStruct``s.
 
@@ -177,6 +208,7 @@ __all__ = [
     'BasicBlock', 'Bottleneck', 'CANONICAL_PARAM_COUNTS', 'InvertedResidual',
     'MODEL_NAMES',
     'MobileNetV2', 'OPTION_NAMES', 'ResNet', 'TinyCNN', 'UnknownOptionError',
-    'VGG', 'common', 'count_params', 'create', 'mobilenet_v2', 'resnet18',
+    'VGG', 'common', 'count_params', 'create', 'from_config', 'mobilenet_v2',
+    'resnet18',
     'resnet34', 'resnet50', 'tiny_cnn', 'used_options', 'vgg19', 'vgg19_bn',
 ]

@@ -1,8 +1,8 @@
-"""Aggregation of a study's runs: mean ± std tables over seeds, paired
-comparisons, the cross-study overview and the ablation figures.
+"""The report of a grid study from its run folders: mean ± std tables over
+seeds, paired comparisons, the cross-study overview and the ablation figures.
 
-Running the grid is :mod:`ols_jax.grid_runner`; collected studies under
-``docs/results`` are read and restored by :mod:`ols_jax.collected`.
+Running the grid is :mod:`ols_jax.study.grid_runner`; collected studies under
+``docs/results`` are read and restored by :mod:`ols_jax.study.collected`.
 """
 
 from __future__ import annotations
@@ -15,24 +15,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ols_jax import fileio
 from ols_jax import plots
+from ols_jax.report import METRIC_COLUMNS
 
-# Every metric column of the tables: (key, header in a run's report.md,
-# header in the study tables or None when they leave it out, scale).
-# ols_jax/report.py takes its TABLE_METRICS from here.
-METRIC_COLUMNS = (
-    ("top1_error", "Top-1 err (%)", "Top-1 err %", 100.0),
-    ("top5_error", "Top-5 err (%)", "Top-5 err %", 100.0),
-    ("ece", "ECE (%)", "ECE %", 100.0),
-    ("adaptive_ece", "adaptive ECE (%)", "adaptive ECE %", 100.0),
-    ("classwise_ece", "classwise ECE (%)", None, 100.0),
-    ("mce", "MCE (%)", None, 100.0),
-    ("calibration_gap", "conf - acc (%)", "conf-acc %", 100.0),
-    ("nll", "NLL", "NLL", 1.0),
-    ("brier", "Brier", "Brier", 1.0),
-    ("auroc_macro", "AUROC (macro)", "AUROC", 1.0),
-)
-# (key, header, scale) of the study tables.
+# (key, header, scale) of the study tables (the run report's columns they keep).
 COLUMNS = tuple((k, h, s) for k, _, h, s in METRIC_COLUMNS if h is not None)
 HIGHER_IS_BETTER = frozenset({"auroc_macro"})
 EMBEDDING_COLUMNS = (("silhouette", "silhouette"), ("knn_accuracy", "5-NN acc"),
@@ -182,8 +169,8 @@ def write_summary(out: pathlib.Path, title: str = "") -> pathlib.Path:
            "## Paired comparison (same seed = same data order and augmentation)", "",
            "Negative mean diff = OLS lower (better).", "",
            paired_wins(rows), ""]
-  (out / "summary.md").write_text("\n".join(parts))
-  (out / "summary.csv").write_text(csv_table(stats))
+  fileio.atomic_write_text(out / "summary.md", "\n".join(parts))
+  fileio.atomic_write_text(out / "summary.csv", csv_table(stats))
   curves = {}
   for r in rows:
     if r["seed"] == min(x["seed"] for x in rows) and "test_reliability" in r:

@@ -1,5 +1,10 @@
 """Grids of runs (methods x models x seeds, OLS alpha / init ablations) and a
-subprocess scheduler that runs each cell as one training job."""
+subprocess scheduler that runs each cell as one training job.
+
+Each cell runs the library's own command line, ``python -m ols_jax.cli`` (the
+job ``experiments/radimagenet.py`` runs), so an installed package needs no
+source tree; tests pass another ``entry_point`` script.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,8 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-# The training script every cell runs unless a caller passes another one.
-ENTRY_POINT = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "radimagenet.py"
+# The module every cell runs (``python -m``) unless a caller passes a script.
+ENTRY_MODULE = "ols_jax.cli"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +58,11 @@ def grid(models: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
 
 def command(cell: Cell, config_path: str, out: pathlib.Path,
             extra: Sequence[str] = (), teacher_model: Optional[str] = None,
-            entry_point: pathlib.Path = ENTRY_POINT) -> list[str]:
-  """The command line that runs ``cell`` with the ``entry_point`` script."""
-  args = [sys.executable, str(entry_point), f"--config={config_path}",
+            entry_point: Optional[pathlib.Path] = None) -> list[str]:
+  """The command line that runs ``cell``: ``python -m ols_jax.cli`` (:data:`ENTRY_MODULE`),
+  or the ``entry_point`` script with the same flags."""
+  launch = ["-m", ENTRY_MODULE] if entry_point is None else [str(entry_point)]
+  args = [sys.executable, *launch, f"--config={config_path}",
           f"--workdir={cell.workdir(out)}", f"--config.model={cell.model}",
           f"--config.method={cell.method}", f"--config.seed={cell.seed}",
           "--config.progress=False"]
@@ -69,9 +76,9 @@ def command(cell: Cell, config_path: str, out: pathlib.Path,
 def run_grid(cells: Sequence[Cell], config_path: str, out: pathlib.Path, *,
              extra: Sequence[str] = (), jobs: int = 1,
              teacher_model: Optional[str] = None, threads_per_job: int = 0,
-             entry_point: pathlib.Path = ENTRY_POINT, log=print) -> list[Cell]:
+             entry_point: Optional[pathlib.Path] = None, log=print) -> list[Cell]:
   """Runs every cell without ``results.json`` (sequentially or ``jobs`` at a
-  time) as a subprocess of ``entry_point``; KD cells wait for their CE
+  time) as a subprocess (:func:`command`); KD cells wait for their CE
   teacher. Returns the failed cells."""
   pending = [c for c in cells if not (c.workdir(out) / "results.json").exists()]
   log(f"{len(cells) - len(pending)} of {len(cells)} cells already done; "

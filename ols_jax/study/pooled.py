@@ -1,7 +1,7 @@
 """The pooled verdict: paired differences over every (cell, seed) of several sweeps.
 
 Each cell is a collected tuned comparison (``docs/results/<sweep>/``, read by
-:mod:`ols_jax.sweep_report`). A *pair* is one cell and one seed on which both
+:mod:`ols_jax.study.sweep_report`). A *pair* is one cell and one seed on which both
 arms of a comparison finished; its difference is ``value(b) - value(a)`` on
 that cell's reported test split (same examples, same seed). Over the pairs of
 all cells the mean difference gets a Student-t interval (n - 1 degrees of
@@ -11,7 +11,7 @@ any one of them.
 
 Calibration errors (ECE, adaptive ECE) carry a verdict only over the cells
 where CE is in the over-confident regime on every finished seed
-(:func:`ols_jax.sweep_report.ce_regime`): elsewhere calibration methods have
+(:func:`ols_jax.study.sweep_report.ce_regime`): elsewhere calibration methods have
 nothing to fix and a difference says little about them. Their all-cells
 interval is still printed, as a description.
 """
@@ -19,15 +19,15 @@ interval is still printed, as a description.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ols_jax import stats
-from ols_jax import sweep as sweep_lib
-from ols_jax import sweep_report
+from ols_jax.study import collected
+from ols_jax.study import stats
+from ols_jax.study import sweep as sweep_lib
+from ols_jax.study import sweep_report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Quantity:
   """One pooled number of a run.
 
   Attributes:
-    key: identifier (a :data:`ols_jax.stats.METRICS` name for test metrics).
+    key: identifier (a :data:`ols_jax.study.stats.METRICS` name for test metrics).
     label: row label.
     scale: display factor (100 = points).
     lower_is_better: direction of "better".
@@ -56,7 +56,7 @@ class Quantity:
 def test_metric(run: dict, name: str) -> float:
   """A test metric of one run: from its per-example records, else results.json.
 
-  ``name`` is a :data:`ols_jax.stats.METRICS` name (``'_ts'``: after TS).
+  ``name`` is a :data:`ols_jax.study.stats.METRICS` name (``'_ts'``: after TS).
   """
   rec = run.get("records")
   if rec is not None and stats.available(rec, name):
@@ -118,8 +118,8 @@ def load_cell(sweep: sweep_lib.Sweep, folder: pathlib.Path, reference: str = "ce
   """Reads a (possibly partial) collected sweep folder; lists what is missing."""
   folder = pathlib.Path(folder)
   missing, kept = [], {}
-  results = sorted(folder.glob(f"{sweep.model}/*/seed*.json"))
-  wall = float(sum(json.loads(p.read_text()).get("wall_time_s", 0.0) for p in results))
+  results = collected.load_all(folder, sweep.model)
+  wall = float(sum(r.get("wall_time_s", 0.0) for r in results))
   if not folder.is_dir():
     missing.append("not collected yet (no folder)")
   elif not (folder / "selection.json").exists():

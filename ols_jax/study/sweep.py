@@ -5,8 +5,8 @@ small grid of candidate settings). Phase 1 runs every candidate of every arm on
 the tuning seed; each arm then keeps the candidate with the best validation
 score (:func:`select`, validation only: the test split is never looked at);
 phase 2 runs the kept candidate of every arm on the remaining seeds. Cells are
-ordinary runs of the main job (``grid_runner.Cell``), so a sweep resumes by skipping
-finished cells.
+ordinary runs of the main job (:class:`ols_jax.study.grid_runner.Cell`), so a
+sweep resumes by skipping finished cells.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import json
 import pathlib
 from typing import Any, Optional, Sequence
 
-from ols_jax import grid_runner
+from ols_jax import fileio
+from ols_jax.study import grid_runner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,9 +123,7 @@ def write_selection(sweep: Sweep, out: pathlib.Path) -> dict[str, dict[str, Any]
                  f"(ties: lower validation top-1 error)",
          "arms": {k: dict(v, candidate=[list(x) for x in v["candidate"]])
                   for k, v in chosen.items()}}
-  tmp = out / "selection.json.tmp"
-  tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
-  tmp.replace(out / "selection.json")
+  fileio.atomic_write_json(out / "selection.json", doc, indent=2, sort_keys=True)
   return chosen
 
 

@@ -1,11 +1,9 @@
-"""Tables of a tuned comparison (:mod:`ols_jax.sweep`) from its collected files.
+"""Tables of a tuned comparison (:mod:`ols_jax.study.sweep`) from its collected files.
 
-The collected layout (written by ``experiments/collect_sweep.py``) under
-``docs/results/<sweep>/``: ``selection.json`` and, per run,
-``<model>/<run folder>/seed<k>.json`` (results.json), ``seed<k>_metrics.jsonl`` and
-``seed<k>_records.npz`` (per-example test records, :func:`ols_jax.stats.example_records`).
-Everything here reads only those files, so the report can be rebuilt on a
-machine where the runs are gone.
+The collected sweep under ``docs/results/<sweep>/``: ``selection.json`` and,
+per run, the files of :mod:`ols_jax.study.collected` (``seed<k>.json``,
+``seed<k>_metrics.jsonl``, ``seed<k>_records.npz``). Everything here reads only
+those files, so the report can be rebuilt on a machine where the runs are gone.
 """
 
 from __future__ import annotations
@@ -16,10 +14,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ols_jax import fileio
 from ols_jax import plots
-from ols_jax import stats
-from ols_jax import sweep as sweep_lib
-from ols_jax.logging_utils import read_metrics
+from ols_jax.study import collected
+from ols_jax.study import stats
+from ols_jax.study import sweep as sweep_lib
 
 # (results key, split, label, scale) of the per-arm table.
 TABLE = (("top1_error", "test", "Top-1 err %", 100), ("top5_error", "test", "Top-5 err %", 100),
@@ -32,18 +31,6 @@ COMPARED = (("top1_error", "top-1 error (points)", 100), ("ece", "ECE (points)",
             ("aurc_ts", "AURC after TS (x100)", 100))
 
 
-def load_run(folder: pathlib.Path, model: str, run: str, seed: int) -> Optional[dict]:
-  base = pathlib.Path(folder) / model / run
-  path = base / f"seed{seed}.json"
-  if not path.exists():
-    return None
-  run = json.loads(path.read_text())
-  run["metrics"] = read_metrics(base / f"seed{seed}_metrics.jsonl")
-  rec = base / f"seed{seed}_records.npz"
-  run["records"] = dict(np.load(rec)) if rec.exists() else None
-  return run
-
-
 def kept_runs(sweep: sweep_lib.Sweep, folder: pathlib.Path) -> dict[str, dict[int, dict]]:
   """``{arm: {seed: run}}`` for each arm's kept candidate (``selection.json``)."""
   sel = json.loads((pathlib.Path(folder) / "selection.json").read_text())["arms"]
@@ -52,7 +39,7 @@ def kept_runs(sweep: sweep_lib.Sweep, folder: pathlib.Path) -> dict[str, dict[in
     if arm.name not in sel:
       continue
     name = sel[arm.name]["folder"]
-    runs = {s: load_run(folder, sweep.model, name, s) for s in sweep.seeds}
+    runs = {s: collected.load_run(folder, sweep.model, name, s) for s in sweep.seeds}
     out[arm.name] = {s: dict(r, folder=name) for s, r in runs.items() if r is not None}
   return out
 
@@ -90,11 +77,12 @@ def selection_table(sweep: sweep_lib.Sweep, folder: pathlib.Path) -> str:
     kept = sel["arms"].get(arm.name, {}).get("folder")
     for cand in arm.candidates():
       cell = arm.cell(sweep.model, sweep.tuning_seed, cand)
-      path = folder / sweep.model / cell.folder / f"seed{sweep.tuning_seed}.json"
-      if not path.exists():
+      run = collected.load_run(folder, sweep.model, cell.folder, sweep.tuning_seed,
+                               details=False)
+      if run is None:
         lines.append(f"| {arm.name} | {cell.folder} | (not run yet) | | |")
         continue
-      val = json.loads(path.read_text())["val"]
+      val = run["val"]
       mark = "**yes**" if cell.folder == kept else ("" if kept else "(tuning not finished)")
       lines.append(f"| {arm.name} | {cell.folder} | {val[metric]:.4f} | "
                    f"{100 * val['top1_error']:.2f} | {mark} |")
@@ -630,7 +618,5 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
               "(collected before that metric was recorded).", "", cal, ""]
   parts += trust_section(kept) + sections
   path = folder / "summary.md"
-  tmp = folder / "summary.md.tmp"
-  tmp.write_text("\n".join(parts))
-  tmp.replace(path)
+  fileio.atomic_write_text(path, "\n".join(parts))
   return path

@@ -393,6 +393,40 @@ def shift_curves(records: Sequence[Mapping[str, Any]], path,
   return _save(fig, path)
 
 
+def arm_shift_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path,
+                     title: str = "Calibration under shift") -> str:
+  """Each arm's ECE and error against severity, averaged over corruptions.
+
+  Args:
+    curves: ``{arm: {"severity": [0, 1, ..], "ece": [...], "ece_ts": [...],
+      "top1_error": [...]}}`` (means over corruptions and seeds; severity 0
+      is the clean test split).
+    path: output PNG path.
+    title: figure title.
+
+  Returns:
+    ``path`` as a string.
+  """
+  if not curves:
+    raise ValueError("arm_shift_curves: no arms")
+  fig = _figure(figsize=(13.0, 4.0))
+  panels = (("top1_error", "Top-1 error (%)"), ("ece", "ECE (%)"),
+            ("ece_ts", "ECE after TS (%)"))
+  styles = ("-o", "-s", "-^", "-v", "--o", "--s", "--^", "--v") * 4
+  for i, (key, label) in enumerate(panels):
+    ax = fig.add_subplot(1, 3, i + 1)
+    for (arm, c), style in zip(curves.items(), styles):
+      ax.plot(c["severity"], 100 * np.asarray(c[key]), style, markersize=3, linewidth=1.0,
+              label=arm)
+    ax.set_xlabel("Severity (0 = clean; mean over corruptions)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    if i == 0:
+      ax.legend(fontsize=7)
+  fig.suptitle(title)
+  return _save(fig, path)
+
+
 _TRAINING_PANELS = (
     ("train/loss", "Train loss"),
     ("train/accuracy", "Train accuracy"),

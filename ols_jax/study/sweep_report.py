@@ -561,6 +561,24 @@ def trust_section(kept: dict[str, dict[int, dict]], reference: str = "ce") -> li
   return out
 
 
+def shift_severity_curves(kept: dict[str, dict[int, dict]]) -> dict[str, dict[str, list]]:
+  """Per arm: error, ECE and ECE after TS at each severity, averaged over the
+  corruptions and then over the seeds (severity 0 = clean); arms without
+  ``shift`` records are left out."""
+  out = {}
+  for arm, runs in kept.items():
+    per_seed = [r["shift"] for r in runs.values() if r.get("shift")]
+    if not per_seed:
+      continue
+    severities = sorted({rec["severity"] for rec in per_seed[0]})
+    curve = {"severity": severities}
+    for key in ("top1_error", "ece", "ece_ts"):
+      curve[key] = [float(np.mean([np.mean([rec[key] for rec in recs if rec["severity"] == sev])
+                                   for recs in per_seed])) for sev in severities]
+    out[arm] = curve
+  return out
+
+
 def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
                   comparisons: Sequence[tuple[str, str]] = (), *,
                   num_resamples: int = 2000) -> pathlib.Path:
@@ -616,7 +634,15 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
               "only when CE is in the over-confident regime on every seed; n/a = not in the "
               "collected records "
               "(collected before that metric was recorded).", "", cal, ""]
-  parts += trust_section(kept) + sections
+  shift_curves = shift_severity_curves(kept)
+  if shift_curves:
+    plots.arm_shift_curves(shift_curves, folder / "shift.png",
+                           title=f"{sweep.title}: under corruption")
+  parts += trust_section(kept)
+  if shift_curves:
+    parts += ["Error and ECE against severity, each arm's kept setting (mean over the 8 "
+              "corruptions and the collected seeds): `shift.png`.", ""]
+  parts += sections
   path = folder / "summary.md"
   fileio.atomic_write_text(path, "\n".join(parts))
   return path

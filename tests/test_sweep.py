@@ -347,3 +347,28 @@ def test_cells_run_the_library_command_line():
   assert "--config=cfg.py" in cmd and "--config.eps=0.05" in cmd
   script = grid_runner.command(cell, "cfg.py", out, entry_point=pathlib.Path("entry.py"))
   assert script[:2] == [sys.executable, "entry.py"] and script[2:] == cmd[3:]
+
+
+def test_shift_severity_curves_average_corruptions_then_seeds(tmp_path):
+  from ols_jax import plots  # pylint: disable=import-outside-toplevel
+  from ols_jax.study import sweep_report  # pylint: disable=import-outside-toplevel
+
+  def recs(offset):
+    out = [{"corruption": "none", "severity": 0, "top1_error": 0.1 + offset, "ece": 0.05,
+            "ece_ts": 0.04}]
+    for name, extra in (("blur", 0.0), ("noise", 0.2)):
+      for sev in (1, 2):
+        out.append({"corruption": name, "severity": sev, "top1_error": 0.1 * sev + extra + offset,
+                    "ece": 0.01 * sev, "ece_ts": 0.02 * sev})
+    return out
+
+  kept = {"ce": {0: {"shift": recs(0.0)}, 1: {"shift": recs(0.1)}}, "ls": {0: {}}}
+  curves = sweep_report.shift_severity_curves(kept)
+  assert set(curves) == {"ce"}
+  c = curves["ce"]
+  assert c["severity"] == [0, 1, 2]
+  # severity 1: corruptions mean 0.2 (+offset), seeds mean offset 0.05 -> 0.25
+  np.testing.assert_allclose(c["top1_error"], [0.15, 0.25, 0.35])
+  np.testing.assert_allclose(c["ece_ts"], [0.04, 0.02, 0.04])
+  path = plots.arm_shift_curves(curves, tmp_path / "shift.png")
+  assert (tmp_path / "shift.png").stat().st_size > 0 and path.endswith("shift.png")

@@ -356,6 +356,27 @@ def risk_coverage(curves: Mapping[str, Mapping[str, Any]], path,
   return _save(fig, path)
 
 
+def _severity_panels(curves: Mapping[str, Mapping[str, Sequence[float]]], path, title: str,
+                     xlabel: str) -> str:
+  """Error, ECE and ECE after TS (three panels) against severity, one line per curve."""
+  fig = _figure(figsize=(13.0, 4.0))
+  panels = (("top1_error", "Top-1 error (%)"), ("ece", "ECE (%)"),
+            ("ece_ts", "ECE after TS (%)"))
+  styles = ("-o", "-s", "-^", "-v", "--o", "--s", "--^", "--v") * 4
+  for i, (key, label) in enumerate(panels):
+    ax = fig.add_subplot(1, 3, i + 1)
+    for (name, c), style in zip(curves.items(), styles):
+      ax.plot(c["severity"], 100 * np.asarray(c[key]), style, markersize=3, linewidth=1.0,
+              label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    if i == 0:
+      ax.legend(fontsize=7)
+  fig.suptitle(title)
+  return _save(fig, path)
+
+
 def shift_curves(records: Sequence[Mapping[str, Any]], path,
                  title: str = "Under shift") -> str:
   """Top-1 error and ECE (raw and with the run's T) against corruption severity.
@@ -373,24 +394,13 @@ def shift_curves(records: Sequence[Mapping[str, Any]], path,
   names = sorted({r["corruption"] for r in records if r["severity"] > 0})
   if not names:
     raise ValueError("shift_curves: no corrupted records")
-  fig = _figure(figsize=(13.0, 4.0))
-  panels = (("top1_error", "Top-1 error (%)"), ("ece", "ECE (%)"),
-            ("ece_ts", "ECE after TS (%)"))
-  for i, (key, label) in enumerate(panels):
-    ax = fig.add_subplot(1, 3, i + 1)
-    for name, style in zip(names, ("-o", "-s", "-^", "-v", "--o", "--s", "--^", "--v") * 4):
-      rows = sorted((r for r in records if r["corruption"] == name),
-                    key=lambda r: r["severity"])
-      xs = [0] + [r["severity"] for r in rows] if clean else [r["severity"] for r in rows]
-      ys = ([clean[0][key]] if clean else []) + [r[key] for r in rows]
-      ax.plot(xs, 100 * np.asarray(ys), style, markersize=3, linewidth=1.0, label=name)
-    ax.set_xlabel("Severity (0 = clean)")
-    ax.set_ylabel(label)
-    ax.grid(alpha=0.3)
-    if i == 0:
-      ax.legend(fontsize=7)
-  fig.suptitle(title)
-  return _save(fig, path)
+  curves = {}
+  for name in names:
+    rows = clean[:1] + sorted((r for r in records if r["corruption"] == name),
+                              key=lambda r: r["severity"])
+    curves[name] = {k: [r[k] for r in rows]
+                    for k in ("severity", "top1_error", "ece", "ece_ts")}
+  return _severity_panels(curves, path, title, "Severity (0 = clean)")
 
 
 def arm_shift_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path,
@@ -409,22 +419,7 @@ def arm_shift_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path,
   """
   if not curves:
     raise ValueError("arm_shift_curves: no arms")
-  fig = _figure(figsize=(13.0, 4.0))
-  panels = (("top1_error", "Top-1 error (%)"), ("ece", "ECE (%)"),
-            ("ece_ts", "ECE after TS (%)"))
-  styles = ("-o", "-s", "-^", "-v", "--o", "--s", "--^", "--v") * 4
-  for i, (key, label) in enumerate(panels):
-    ax = fig.add_subplot(1, 3, i + 1)
-    for (arm, c), style in zip(curves.items(), styles):
-      ax.plot(c["severity"], 100 * np.asarray(c[key]), style, markersize=3, linewidth=1.0,
-              label=arm)
-    ax.set_xlabel("Severity (0 = clean; mean over corruptions)")
-    ax.set_ylabel(label)
-    ax.grid(alpha=0.3)
-    if i == 0:
-      ax.legend(fontsize=7)
-  fig.suptitle(title)
-  return _save(fig, path)
+  return _severity_panels(curves, path, title, "Severity (0 = clean; mean over corruptions)")
 
 
 _TRAINING_PANELS = (

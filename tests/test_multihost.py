@@ -214,10 +214,18 @@ def test_flags_without_distributed_are_refused(tmp_path):
 def test_launcher_stops_the_others_when_one_fails(tmp_path):
   script = tmp_path / "job.py"
   script.write_text(textwrap.dedent("""\
-      import sys, time
+      import pathlib, sys, time
       rank = int([a for a in sys.argv if a.startswith("--process_id=")][0].split("=")[1])
       print("hello from", rank, " ".join(a for a in sys.argv[1:] if "process" in a), flush=True)
+      here = pathlib.Path(__file__).parent
+      (here / f"ready{rank}").touch()
       if rank == 1:
+        # Fail only once every rank has printed: on a loaded host a rank can
+        # otherwise be stopped before its first line.
+        deadline = time.time() + 30
+        while (not all((here / f"ready{r}").exists() for r in range(3))
+               and time.time() < deadline):
+          time.sleep(0.05)
         sys.exit(3)
       time.sleep(120)
       """))

@@ -1,4 +1,4 @@
-"""Test set-up: 4 fake CPU devices and the shared-data helper."""
+"""Test set-up: 4 fake CPU devices, this checkout on PYTHONPATH, the shared-data helper."""
 
 import os
 
@@ -7,6 +7,12 @@ os.environ.setdefault("XLA_FLAGS", "")
 if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Every subprocess a test starts imports this checkout's package, never one an
+# editable install elsewhere points at.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != _REPO:
+  os.environ["PYTHONPATH"] = os.pathsep.join(
+      p for p in (_REPO, os.environ.get("PYTHONPATH", "")) if p)
 
 import pytest  # noqa: E402
 

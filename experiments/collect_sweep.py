@@ -49,6 +49,8 @@ def main(argv=None):
     cells = sweep.tuning_cells() + sweep.final_cells(
         {a.name: () for a in sweep.arms if not a.grid}) + sweep.final_cells(
         {k: v["candidate"] for k, v in chosen.items()})
+    # Untuned arms' other seeds are in both phases: collect (and count) each run once.
+    cells = list({c.workdir(src): c for c in cells}.values())
     n = 0
     for c in cells:
       try:

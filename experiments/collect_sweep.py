@@ -46,11 +46,7 @@ def main(argv=None):
     return
   if not args.summarise_only:
     chosen = sweep_lib.write_selection(sweep, src)
-    cells = sweep.tuning_cells() + sweep.final_cells(
-        {a.name: () for a in sweep.arms if not a.grid}) + sweep.final_cells(
-        {k: v["candidate"] for k, v in chosen.items()})
-    # Untuned arms' other seeds are in both phases: collect (and count) each run once.
-    cells = list({c.workdir(src): c for c in cells}.values())
+    cells = sweep.every_cell({k: v["candidate"] for k, v in chosen.items()})
     n = 0
     for c in cells:
       try:

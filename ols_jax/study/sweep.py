@@ -77,6 +77,14 @@ class Sweep:
     return [a.cell(self.model, s, chosen[a.name]) for a in self.arms
             if a.name in chosen for s in self.seeds if s != self.tuning_seed]
 
+  def every_cell(self, chosen: dict[str, tuple]) -> list[grid_runner.Cell]:
+    """Each run of the sweep once: every candidate on the tuning seed, then the
+    kept candidates (``chosen``; arms without a grid need no entry) on the
+    other seeds."""
+    untuned = {a.name: () for a in self.arms if not a.grid}
+    cells = self.tuning_cells() + self.final_cells({**untuned, **chosen})
+    return list({(c.folder, c.seed): c for c in cells}.values())
+
 
 def _val_score(workdir: pathlib.Path, metric: str) -> Optional[tuple[float, float]]:
   path = workdir / "results.json"

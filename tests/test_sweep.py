@@ -33,7 +33,7 @@ def test_cells_and_folders():
   assert [(c.folder, c.seed) for c in final] == [("ce", 1), ("ls_eps0.1", 1)]
 
 
-def test_every_cell_lists_each_run_once():
+def test_every_cell_lists_each_run_once(monkeypatch):
   # ce has no grid: its seed-1 run belongs to the sweep whether or not chosen names it.
   for chosen in ({"ls": (("eps", 0.1),), "ols_zeros": (("alpha", 0.7),)},
                  {"ce": (), "ls": (("eps", 0.1),), "ols_zeros": (("alpha", 0.7),)}):
@@ -42,7 +42,7 @@ def test_every_cell_lists_each_run_once():
         ("ce", 0), ("ls_eps0.05", 0), ("ls_eps0.1", 0), ("ols_zeros_alpha0.3", 0),
         ("ols_zeros_alpha0.7", 0), ("ce", 1), ("ls_eps0.1", 1), ("ols_zeros_alpha0.7", 1)]
   # The calibration sweeps: 16 candidates on seed 0, 7 arms on seeds 1-2.
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "experiments"))
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parent.parent / "experiments"))
   import sweeps  # pylint: disable=import-outside-toplevel
   cal = sweep_lib.find(sweeps.SWEEPS, "cal_brain4")
   chosen = {a.name: a.candidates()[-1] for a in cal.arms}

@@ -81,9 +81,11 @@ class Sweep:
     """Each run of the sweep once: every candidate on the tuning seed, then the
     kept candidates (``chosen``; arms without a grid need no entry) on the
     other seeds."""
-    untuned = {a.name: () for a in self.arms if not a.grid}
-    cells = self.tuning_cells() + self.final_cells({**untuned, **chosen})
-    return list({(c.folder, c.seed): c for c in cells}.values())
+    return self.tuning_cells() + self.final_cells({**self.untuned(), **chosen})
+
+  def untuned(self) -> dict[str, tuple]:
+    """The arms without a grid, each with its only (empty) candidate."""
+    return {a.name: () for a in self.arms if not a.grid}
 
 
 def _val_score(workdir: pathlib.Path, metric: str) -> Optional[tuple[float, float]]:
@@ -143,8 +145,7 @@ def run(sweep: Sweep, out: pathlib.Path, repo: pathlib.Path, *, jobs: int = 1,
   already, so the cores stay busy. Returns the failed cells.
   """
   config = str(repo / sweep.config)
-  untuned = {a.name: () for a in sweep.arms if not a.grid}
-  phase1 = sweep.tuning_cells() + sweep.final_cells(untuned)
+  phase1 = sweep.tuning_cells() + sweep.final_cells(sweep.untuned())
   failed = grid_runner.run_grid(phase1, config, out, extra=sweep.extra, jobs=jobs,
                                 threads_per_job=threads_per_job, log=log)
   chosen = write_selection(sweep, out)

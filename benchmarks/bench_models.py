@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import common  # noqa: E402  (benchmarks/, on sys.path when run as a script)
 from ols_jax import models  # noqa: E402  pylint: disable=g-import-not-at-top
 
 DEFAULT_MODELS = ('tiny_cnn', 'resnet18', 'resnet34', 'resnet50',
@@ -177,7 +178,8 @@ def main(argv=None) -> None:
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({'argv': sys.argv, 'jax': jax.__version__,
-                 'cpu_count': os.cpu_count(), 'results': results}, f,
+                 'cpu_count': os.cpu_count(), 'machine': common.machine_info(),
+                 'results': results}, f,
                 indent=2)
 
 

@@ -48,7 +48,7 @@ def machine_info() -> dict:
           "cpu": cpu, "os_cpu_count": os.cpu_count(),
           "affinity_cpus": len(os.sched_getaffinity(0)),
           "jax": jax.__version__, "backend": jax.default_backend(),
-          "devices": len(jax.devices()),
+          "devices": len(jax.devices()), "device_kind": jax.devices()[0].device_kind,
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 

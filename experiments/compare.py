@@ -44,7 +44,7 @@ def main(argv=None):
   p.add_argument("--threads_per_job", type=int, default=0,
                  help="cores per run on a CPU host: 1 = one XLA thread; N > 1 = N host "
                       "devices (data parallel); 0 = the entry point's default "
-                      "(one device per core)")
+                      "(one device per core); N >= 1 also caps BLAS/OpenMP threads at N")
   p.add_argument("--title", default="")
   p.add_argument("--summarise_only", action="store_true")
   args = p.parse_args(argv)

@@ -388,3 +388,16 @@ def test_shift_severity_curves_average_corruptions_then_seeds(tmp_path):
   np.testing.assert_allclose(c["ece_ts"], [0.04, 0.02, 0.04])
   path = plots.arm_shift_curves(curves, tmp_path / "shift.png")
   assert (tmp_path / "shift.png").stat().st_size > 0 and path.endswith("shift.png")
+
+
+def test_job_env_caps_every_thread_pool_and_keeps_the_parent():
+  base = {"XLA_FLAGS": "--xla_dump_to=/x", "OMP_NUM_THREADS": "3", "PATH": "/bin"}
+  one = grid_runner.job_env(base, 1)
+  assert one["XLA_FLAGS"] == "--xla_dump_to=/x --xla_cpu_multi_thread_eigen=false"
+  assert one["OMP_NUM_THREADS"] == "3"  # the caller's own setting wins
+  assert one["OPENBLAS_NUM_THREADS"] == one["MKL_NUM_THREADS"] == "1"
+  four = grid_runner.job_env({}, 4)
+  assert four["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
+  assert all(four[v] == "4" for v in grid_runner.THREAD_POOL_VARS)
+  assert grid_runner.job_env(base, 0) == base
+  assert base == {"XLA_FLAGS": "--xla_dump_to=/x", "OMP_NUM_THREADS": "3", "PATH": "/bin"}

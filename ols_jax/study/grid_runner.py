@@ -73,6 +73,37 @@ def command(cell: Cell, config_path: str, out: pathlib.Path,
   return args + list(extra)
 
 
+# Thread pools of the host libraries a run uses besides XLA (NumPy's BLAS,
+# scikit-learn's OpenMP): each starts one thread per core unless told.
+THREAD_POOL_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def job_env(base, threads_per_job: int) -> dict[str, str]:
+  """The environment of one run when several share the host.
+
+  Args:
+    base: the parent environment (not modified).
+    threads_per_job: 0 leaves the thread settings alone; 1 turns XLA's Eigen
+      thread pool off; n > 1 splits the host into n XLA CPU devices (one
+      convolution thread each). For any n >= 1 the BLAS / OpenMP pools get n
+      threads, unless ``base`` already sets them: without that cap, N runs on
+      a C-core host start N x C such threads for their NumPy / scikit-learn
+      work (final evaluation, t-SNE) and oversubscribe the cores.
+
+  Returns:
+    A new environment mapping.
+  """
+  env = dict(base)
+  if threads_per_job < 1:
+    return env
+  for var in THREAD_POOL_VARS:
+    env.setdefault(var, str(threads_per_job))
+  flag = ("--xla_cpu_multi_thread_eigen=false" if threads_per_job == 1 else
+          f"--xla_force_host_platform_device_count={threads_per_job}")
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flag).strip()
+  return env
+
+
 def run_grid(cells: Sequence[Cell], config_path: str, out: pathlib.Path, *,
              extra: Sequence[str] = (), jobs: int = 1,
              teacher_model: Optional[str] = None, threads_per_job: int = 0,
@@ -86,13 +117,7 @@ def run_grid(cells: Sequence[Cell], config_path: str, out: pathlib.Path, *,
   running: list[tuple[Cell, subprocess.Popen, float, Any]] = []
   failed: list[Cell] = []
   done = len(cells) - len(pending)
-  env = dict(os.environ)
-  if threads_per_job == 1:  # one thread per run: XLA's Eigen thread pool off
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        " --xla_cpu_multi_thread_eigen=false").strip()
-  elif threads_per_job > 1:  # one host device (one convolution thread) per core
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        f" --xla_force_host_platform_device_count={threads_per_job}").strip()
+  env = job_env(os.environ, threads_per_job)
 
   def teacher_ready(c: Cell) -> bool:
     if c.method != "kd":

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ols_jax import host
 from ols_jax import losses
 from ols_jax import models
 from ols_jax import parallel
@@ -35,21 +35,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def machine_info() -> dict:
-  """Host facts recorded with every result file."""
-  cpu = platform.processor() or ""
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  return {"platform": platform.platform(), "python": platform.python_version(),
-          "cpu": cpu, "os_cpu_count": os.cpu_count(),
-          "affinity_cpus": len(os.sched_getaffinity(0)),
-          "jax": jax.__version__, "backend": jax.default_backend(),
-          "devices": len(jax.devices()), "device_kind": jax.devices()[0].device_kind,
-          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  """Host facts recorded with every result file (:func:`ols_jax.host.describe`
+  plus the XLA flags in force)."""
+  return {**host.describe(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def make_batch(batch_size: int, image_size: int, num_classes: int,

@@ -40,6 +40,7 @@ from ols_jax import data as data_lib
 from ols_jax import evaluation
 from ols_jax import fileio
 from ols_jax import hooks as hooks_lib
+from ols_jax import host
 from ols_jax import losses
 from ols_jax import models
 from ols_jax import ols
@@ -499,7 +500,7 @@ def _run_fields(run: RunContext, loop: LoopState, final_step: int) -> dict[str, 
       "num_epochs": config.num_epochs, "best_epoch": loop.best_epoch,
       "select_metric": config.select_metric, "final_step": final_step,
       "device_count": len(run.devices), "device_kind": run.devices[0].device_kind,
-      "process_count": jax.process_count(),
+      "process_count": jax.process_count(), "host": host.describe(),
       "soft_label_row_entropy": [list(row) for row in loop.entropy_history],
   }
 

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from ols_jax import host
 from ols_jax import logging_utils
 from ols_jax import models
 from ols_jax import train
@@ -273,6 +274,8 @@ def test_two_device_runs_match_one_device(runs, tmp_path, mode):
   _, summary = train.train_and_evaluate(
       smoke_config(method="ols", num_devices=2, parallel=mode), tmp_path / mode)
   assert summary["device_count"] == 2
+  assert summary["host"]["devices"] >= 2 and summary["host"]["jax"] == jax.__version__
+  assert summary["host"]["cpu"] and summary["host"]["backend"] == jax.default_backend()
   assert summary["final_step"] == reference["final_step"]
   for key in ("top1_error", "ece", "nll"):
     assert summary["test"][key] == pytest.approx(reference["test"][key], abs=2e-3)
@@ -312,3 +315,14 @@ def test_trust_evaluation_in_results(tmp_path):
   np.testing.assert_allclose(shift[0]["top1_error"], saved["test"]["top1_error"], atol=1e-9)
   assert (tmp_path / "run" / "figures" / "shift.png").exists()
   assert "Prediction sets" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_host_names_the_cpu_and_the_devices(tmp_path):
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n")
+  assert host.cpu_model(str(info)) == "AMD EPYC 7B13"
+  assert host.cpu_model(str(tmp_path / "missing"))  # falls back to a non-empty name
+  facts = host.describe()
+  assert facts["devices"] == len(jax.devices()) and facts["jax"] == jax.__version__
+  assert facts["device_kind"] == jax.devices()[0].device_kind
+  assert 1 <= facts["affinity_cpus"] <= facts["os_cpu_count"]

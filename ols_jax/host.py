@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import jaxlib
 
+from ols_jax import distributed
+
 
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
   """The CPU's model name (Linux ``/proc/cpuinfo``), else ``platform.processor()``."""
@@ -36,14 +38,10 @@ def describe() -> dict[str, Any]:
     versions, ``backend`` and ``device_kind`` of the default devices, and
     ``devices`` (their global count).
   """
-  try:
-    usable = len(os.sched_getaffinity(0))
-  except AttributeError:  # not Linux
-    usable = os.cpu_count() or 1
   devices = jax.devices()
-  return {"cpu": cpu_model(), "os_cpu_count": os.cpu_count(), "affinity_cpus": usable,
+  return {"cpu": cpu_model(), "os_cpu_count": os.cpu_count(),
+          "affinity_cpus": distributed.usable_cores(),
           "platform": platform.platform(), "python": platform.python_version(),
           "jax": jax.__version__, "jaxlib": jaxlib.__version__,
           "backend": jax.default_backend(),
           "device_kind": devices[0].device_kind, "devices": len(devices)}
-

@@ -55,8 +55,8 @@ def main():
                             r["seed"], records=False, metrics=False, report=True)
     made = grid_report.ablation_figures(folder, out)
     print(f"{folder.name}: {len(rows)} runs -> {out}" + (f" (+{', '.join(made)})" if made else ""))
-  # Across every study collected so far (also earlier sessions' studies whose
-  # run folders are gone): OLS against the baselines, one line per study/model.
+  # Across every study collected so far (also earlier studies whose run
+  # folders are gone): OLS against the baselines, one line per study/model.
   studies = [(f.name, collected.load_all(f)) for f in sorted(dest.iterdir()) if f.is_dir()]
   fileio.atomic_write_text(
       dest / "overview.md",

@@ -4,6 +4,7 @@ import json
 import pathlib
 
 import numpy as np
+import pytest
 from scipy import stats as scipy_stats
 
 from ols_jax.study import pooled
@@ -178,3 +179,48 @@ def test_command_line_on_a_partial_study(tmp_path, monkeypatch, capsys):
   assert "| 2 (cal_brain44 2, cal_brain4 0, cal_radmix 0) |" in _row(
       text, "| ols_uniform - ce | NLL |")
   assert "cal_radmix: 0 collected runs; missing: not collected yet" in capsys.readouterr().out
+
+
+def test_primary_family_is_holm_adjusted_on_the_verdict_pairs(tmp_path):
+  rng = np.random.default_rng(4)
+  a = _cell(tmp_path, "A", rng, over_confident=True, arms=[x.name for x in ARMS])
+  b = _cell(tmp_path, "B", rng, over_confident=False, arms=["ce", "ls", "ols_uniform"])
+  cells = [pooled.load_cell(_sweep(n), tmp_path / n) for n in ("A", "B")]
+  family = pooled.primary_family(cells)
+  # ols_zeros is not an arm here; ols_uniform against 5 comparators x 2 metrics.
+  assert [(r.b, r.a_label, r.quantity.key) for r in family] == [
+      ("ols_uniform", x, m) for x in pooled.PRIMARY_AGAINST for m in pooled.PRIMARY_METRICS]
+  by = {(r.a_label, r.quantity.key): r for r in family}
+  # ECE: the over-confident cell A only; NLL: every pair; "ce + TS": CE after TS.
+  d_ece = [a["ols_uniform"][s]["test"]["ece"] - a["ce"][s]["test_ts"]["ece"] for s in (0, 1, 2)]
+  assert by[("ce + TS", "ece")].pairs.values == pytest.approx(d_ece)
+  d_nll = [r["ols_uniform"][s]["test"]["nll"] - r["ls"][s]["test"]["nll"]
+           for r in (a, b) for s in (0, 1, 2)]
+  assert by[("ls", "nll")].pairs.values == pytest.approx(d_nll)
+  assert by[("ls", "nll")].p == pytest.approx(scipy_stats.ttest_1samp(d_nll, 0.0).pvalue)
+  # Holm by hand over the 10 raw p-values.
+  raw = np.array([r.p for r in family])
+  order = np.argsort(raw)
+  manual = np.empty(len(raw))
+  running = 0.0
+  for i, j in enumerate(order):
+    running = max(running, min(1.0, (len(raw) - i) * raw[j]))
+    manual[j] = running
+  np.testing.assert_allclose([r.p_holm for r in family], manual)
+  text = pooled.report(cells, [x.name for x in ARMS], "cmd")
+  assert "## The primary question, corrected for multiple comparisons" in text
+  row = _row(text, "| 3 | ols_uniform - ce + TS | ECE (points) |")
+  assert f"| 3 (A 3, B 0) | {_fmt(d_ece, 100, 2)} | {by[('ce + TS', 'ece')].p:.4f} |" in row
+
+
+def test_holm_verdict_words(tmp_path):
+  # ols_uniform's Brier is lower everywhere, but Brier is not in the family;
+  # a family row is resolved only when its Holm-adjusted p is at most 0.05.
+  rng = np.random.default_rng(5)
+  _cell(tmp_path, "A", rng, over_confident=True, arms=["ce", "ols_uniform"])
+  cells = [pooled.load_cell(_sweep("A"), tmp_path / "A")]
+  text = pooled.family_table(cells)
+  for i, r in enumerate(pooled.primary_family(cells), 1):
+    line = _row(text, f"| {i} | ols_uniform - {r.a_label} | {r.quantity.label} |")
+    assert line.endswith("| not resolved |") == (r.p_holm > 0.05)
+  assert pooled.family_table([pooled.load_cell(_sweep("Z"), tmp_path / "Z")]) == ""

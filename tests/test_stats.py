@@ -1,8 +1,10 @@
 """Paired bootstrap and seed intervals (ols_jax.study.stats) against NumPy references."""
 
+from hypothesis import given, settings, strategies as st
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from ols_jax import metrics as metrics_lib
 from ols_jax.study import stats
@@ -167,3 +169,46 @@ def test_cache_gives_the_paired_bootstrap_and_cross_metric_pairs():
   assert len(cache._values) == 2  # pylint: disable=protected-access
   res = stats.compare_arms({3: (a, b)}, ("ece",), against={"ece": "ece_ts"}, cache=cache)
   assert res["ece"]["per_seed"][3] == cache.paired(a, b, "ece", seed=3, name_a="ece_ts")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-5, 5, allow_nan=False), min_size=2, max_size=9),
+       st.floats(0.5, 0.99))
+def test_t_test_p_agrees_with_the_t_interval(values, level):
+  x = np.asarray(values)
+  iv = stats.t_interval(x, level)
+  p = stats.t_test_p(x)
+  if x.std(ddof=1) > 1e-6 and abs(p - (1 - level)) > 1e-9:
+    assert (p < 1 - level) == (not iv.includes_zero)
+  if x.std(ddof=1) > 1e-6:
+    np.testing.assert_allclose(p, scipy_stats.ttest_1samp(x, 0.0).pvalue, rtol=1e-9)
+
+
+def test_t_test_p_edge_cases():
+  assert np.isnan(stats.t_test_p([0.3]))
+  assert np.isnan(stats.t_test_p([0.3, np.nan, 0.1]))
+  assert stats.t_test_p([0.5, 0.5, 0.5]) == 0.0
+  assert stats.t_test_p([0.0, 0.0]) == 1.0
+
+
+def test_holm_on_a_hand_worked_family():
+  # Sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03, 0.03 * 2 = 0.06, then 0.04 * 1
+  # = 0.04 is raised to the running maximum 0.06.
+  np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+  np.testing.assert_allclose(stats.holm([0.5, 0.9]), [1.0, 1.0])
+  out = stats.holm([0.01, np.nan, 0.02])
+  np.testing.assert_allclose(out[[0, 2]], [0.02, 0.02])
+  assert np.isnan(out[1])
+  assert stats.holm([]).shape == (0,)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=20))
+def test_holm_properties(p):
+  p = np.asarray(p)
+  adj = stats.holm(p)
+  assert np.all(adj >= p - 1e-15) and np.all(adj <= 1.0)
+  order = np.argsort(p, kind="stable")
+  assert np.all(np.diff(adj[order]) >= -1e-15)  # the order of the raw p-values is kept
+  bonferroni = np.minimum(p * len(p), 1.0)
+  assert np.all(adj <= bonferroni + 1e-12)  # Holm rejects whatever Bonferroni rejects

@@ -279,6 +279,54 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> Interval:
   return Interval(mean, mean - half, mean + half)
 
 
+def t_test_p(values: Sequence[float]) -> float:
+  """Two-sided p-value of the one-sample t-test of mean 0 behind :func:`t_interval`.
+
+  ``t_test_p(x) < 1 - level`` exactly when ``t_interval(x, level)`` excludes 0.
+  Fewer than two values, or a NaN among them, give NaN; values that are all
+  equal give 0 (a nonzero mean with no spread) or 1 (all zero).
+  """
+  from scipy import stats as scipy_stats  # pylint: disable=import-outside-toplevel
+  x = np.asarray(values, np.float64)
+  if len(x) < 2 or np.isnan(x).any():
+    return float("nan")
+  sd = float(x.std(ddof=1))
+  mean = float(x.mean())
+  if sd == 0.0:
+    return 1.0 if mean == 0.0 else 0.0
+  t = mean / (sd / np.sqrt(len(x)))
+  return float(2.0 * scipy_stats.t.sf(abs(t), len(x) - 1))
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+  """Holm's step-down adjustment of a family of p-values.
+
+  Rejecting every hypothesis whose adjusted p-value is at most ``a`` keeps the
+  chance of any false rejection in the family at most ``a``. NaN entries are
+  left out of the family and stay NaN.
+
+  Args:
+    pvalues: the family's raw p-values, in any order.
+
+  Returns:
+    Adjusted p-values in the input order (each >= its raw value, <= 1).
+
+  References:
+    Holm, "A simple sequentially rejective multiple test procedure",
+    Scandinavian Journal of Statistics 1979.
+  """
+  p = np.asarray(pvalues, np.float64)
+  out = np.full(p.shape, np.nan)
+  valid = np.flatnonzero(~np.isnan(p))
+  m = len(valid)
+  if m == 0:
+    return out
+  order = valid[np.argsort(p[valid], kind="stable")]
+  scaled = (m - np.arange(m)) * p[order]
+  out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+  return out
+
+
 def sign_test_p(wins: int, n: int) -> float:
   """One-sided exact sign-test p-value of ``wins`` or more out of ``n``."""
   from math import comb  # pylint: disable=import-outside-toplevel

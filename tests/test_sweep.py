@@ -110,6 +110,23 @@ def test_report_from_collected_files(tmp_path):
   assert "## Verdict, in words" in text
   assert "none: CE is not in the over-confident regime" in text
   assert (tmp_path / "curves.png").stat().st_size > 1000
+  assert (tmp_path / "reliability.png").stat().st_size > 1000
+  assert "`reliability.png`" in text
+  # Its panels: CE raw, CE after TS, then the other arms; the seeds' test
+  # records pooled, binned as the metrics module bins (NumPy reference below).
+  kept_runs = sweep_report.kept_runs(SWEEP, tmp_path)
+  sums = sweep_report.reliability_sums(kept_runs)
+  assert list(sums) == ["ce (2 seeds)", "ce + TS (2 seeds)", "ls (2 seeds)",
+                        "ols_zeros (2 seeds)"]
+  recs = [kept_runs["ce"][s]["records"] for s in (0, 1)]
+  conf = np.concatenate([r["conf_ts"] for r in recs])
+  correct = np.concatenate([r["correct"] for r in recs]).astype(np.float64)
+  bins = np.minimum((conf * 15).astype(int), 14)
+  np.testing.assert_allclose(sums["ce + TS (2 seeds)"]["bin_count"],
+                             np.bincount(bins, minlength=15))
+  ece = np.abs(np.bincount(bins, correct, 15) - np.bincount(bins, conf, 15)).sum() / len(conf)
+  np.testing.assert_allclose(metrics_lib.reliability_curve(sums["ce + TS (2 seeds)"])["ece"],
+                             ece, rtol=1e-6)
 
 
 def _iv(est, low, high):

@@ -78,13 +78,27 @@ def example_records(logits: np.ndarray, labels: np.ndarray,
   return out
 
 
+def bin_sums(conf: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> dict:
+  """Per-bin sums of per-example records, binned as :mod:`ols_jax.metrics` bins.
+
+  Returns:
+    ``bin_count``, ``bin_conf``, ``bin_correct`` (each ``(num_bins,)``) and
+    ``count``: the sums :func:`ols_jax.metrics.reliability_curve` reads.
+  """
+  conf = np.asarray(conf)
+  edges = metrics_lib.bin_edges(num_bins)
+  bins = np.searchsorted(edges, conf.astype(np.float32), side="right")
+  return {"bin_count": np.bincount(bins, minlength=num_bins).astype(np.float64),
+          "bin_conf": np.bincount(bins, weights=conf, minlength=num_bins),
+          "bin_correct": np.bincount(bins, weights=np.asarray(correct, np.float64),
+                                     minlength=num_bins),
+          "count": float(len(conf))}
+
+
 def ece(conf: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> float:
   """Top-label ECE, equal-width bins as :mod:`ols_jax.metrics` bins them."""
-  edges = metrics_lib.bin_edges(num_bins)
-  bins = np.searchsorted(edges, np.asarray(conf, np.float32), side="right")
-  conf_sum = np.bincount(bins, weights=conf, minlength=num_bins)
-  correct_sum = np.bincount(bins, weights=correct.astype(np.float64), minlength=num_bins)
-  return float(np.abs(correct_sum - conf_sum).sum() / max(len(conf), 1))
+  s = bin_sums(conf, correct, num_bins)
+  return float(np.abs(s["bin_correct"] - s["bin_conf"]).sum() / max(len(conf), 1))
 
 
 def adaptive_ece(conf: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> float:

@@ -579,6 +579,31 @@ def shift_severity_curves(kept: dict[str, dict[int, dict]]) -> dict[str, dict[st
   return out
 
 
+def reliability_sums(kept: dict[str, dict[int, dict]], reference: str = "ce"
+                     ) -> dict[str, dict]:
+  """Reliability-diagram sums of each kept arm, test records of every seed pooled.
+
+  Returns:
+    ``{panel: stats.bin_sums(...)}``: the reference raw, the reference after
+    temperature scaling (``'<reference> + TS'``), then every other arm raw;
+    arms without per-example records are left out.
+  """
+  def pooled(runs, conf_key):
+    recs = [r["records"] for _, r in sorted(runs.items()) if r.get("records") is not None]
+    if not recs:
+      return None
+    return stats.bin_sums(np.concatenate([x[conf_key] for x in recs]),
+                          np.concatenate([x["correct"] for x in recs]))
+  out = {}
+  panels = [(reference, reference, "conf"), (f"{reference} + TS", reference, "conf_ts")]
+  panels += [(arm, arm, "conf") for arm in kept if arm != reference]
+  for label, arm, key in panels:
+    sums = pooled(kept.get(arm, {}), key)
+    if sums is not None:
+      out[f"{label} ({len(kept[arm])} seeds)"] = sums
+  return out
+
+
 def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
                   comparisons: Sequence[tuple[str, str]] = (), *,
                   num_resamples: int = 2000) -> pathlib.Path:
@@ -634,6 +659,13 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
               "only when CE is in the over-confident regime on every seed; n/a = not in the "
               "collected records "
               "(collected before that metric was recorded).", "", cal, ""]
+  rel = reliability_sums(kept)
+  if rel:
+    plots.combined_reliability(rel, folder / "reliability.png",
+                               title="Kept settings on the test split, seeds pooled")
+    parts += ["Reliability diagrams of the kept settings (test split, every collected seed "
+              "pooled; CE also after temperature scaling; each panel's ECE is of the pooled records, not "
+              "the mean over seeds of the tables): `reliability.png`.", ""]
   shift_curves = shift_severity_curves(kept)
   if shift_curves:
     plots.arm_shift_curves(shift_curves, folder / "shift.png",

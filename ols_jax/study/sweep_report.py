@@ -600,7 +600,8 @@ def reliability_sums(kept: dict[str, dict[int, dict]], reference: str = "ce"
   for label, arm, key in panels:
     sums = pooled(kept.get(arm, {}), key)
     if sums is not None:
-      out[f"{label} ({len(kept[arm])} seeds)"] = sums
+      n = len(kept[arm])
+      out[f"{label} ({n} seed{'s' if n != 1 else ''})"] = sums
   return out
 
 

@@ -209,8 +209,12 @@ def test_primary_family_is_holm_adjusted_on_the_verdict_pairs(tmp_path):
   np.testing.assert_allclose([r.p_holm for r in family], manual)
   text = pooled.report(cells, [x.name for x in ARMS], "cmd")
   assert "## The primary question, corrected for multiple comparisons" in text
-  row = _row(text, "| 3 | ols_uniform - ce + TS | ECE (points) |")
+  row = _row(text.split("### Each cell alone")[0], "| 3 | ols_uniform - ce + TS | ECE (points) |")
   assert f"| 3 (A 3, B 0) | {_fmt(d_ece, 100, 2)} | {by[('ce + TS', 'ece')].p:.4f} |" in row
+  # Each cell alone: its own family; B (not over-confident) has NLL rows only.
+  alone = text.split("### Each cell alone")[1]
+  assert pooled.family_table([cells[0]]) in alone and pooled.family_table([cells[1]]) in alone
+  assert [r.quantity.key for r in pooled.primary_family([cells[1]])] == ["nll"] * 3
 
 
 def test_holm_verdict_words(tmp_path):

@@ -392,7 +392,14 @@ def report(cells: Sequence[Cell], arms: Sequence[str], command: str,
               "OLS (uniform and zero initial S) against CE, CE + TS, LS, FLSD-53 and MbLS on ECE "
               "and NLL, on the same pairs as above. Here the same t-tests' p-values are "
               "Holm-adjusted over the family, so the chance of any false verdict in it is at "
-              "most 5%.", "", family, ""]
+              "most 5%.", "", "### All cells pooled", "", family, ""]
+    parts += ["### Each cell alone", "",
+              "The same family on one cell's seeds (3 pairs a row), Holm-adjusted within the "
+              "cell. ECE rows are left out where CE is not over-confident, so such a cell's "
+              "family is its NLL rows.", ""]
+    for c in cells:
+      table = family_table([c], reference)
+      parts += [f"**{c.name}**", "", table or "(no pair yet)", ""]
   parts += ["## Wall-clock of each cell", "",
             "Sum of `wall_time_s` over every collected run of the cell (tuning candidates "
             "included).", "", wall_table(cells), ""]

@@ -586,22 +586,19 @@ def reliability_sums(kept: dict[str, dict[int, dict]], reference: str = "ce"
   Returns:
     ``{panel: stats.bin_sums(...)}``: the reference raw, the reference after
     temperature scaling (``'<reference> + TS'``), then every other arm raw;
-    arms without per-example records are left out.
+    each panel names the seeds that have per-example records (arms with
+    none are left out).
   """
-  def pooled(runs, conf_key):
-    recs = [r["records"] for _, r in sorted(runs.items()) if r.get("records") is not None]
-    if not recs:
-      return None
-    return stats.bin_sums(np.concatenate([x[conf_key] for x in recs]),
-                          np.concatenate([x["correct"] for x in recs]))
   out = {}
   panels = [(reference, reference, "conf"), (f"{reference} + TS", reference, "conf_ts")]
   panels += [(arm, arm, "conf") for arm in kept if arm != reference]
   for label, arm, key in panels:
-    sums = pooled(kept.get(arm, {}), key)
-    if sums is not None:
-      n = len(kept[arm])
-      out[f"{label} ({n} seed{'s' if n != 1 else ''})"] = sums
+    recs = [r["records"] for _, r in sorted(kept.get(arm, {}).items())
+            if r.get("records") is not None]
+    if recs:
+      n = len(recs)
+      out[f"{label} ({n} seed{'s' if n != 1 else ''})"] = stats.bin_sums(
+          np.concatenate([x[key] for x in recs]), np.concatenate([x["correct"] for x in recs]))
   return out
 
 
@@ -665,8 +662,8 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
     plots.combined_reliability(rel, folder / "reliability.png",
                                title="Kept settings on the test split, seeds pooled")
     parts += ["Reliability diagrams of the kept settings (test split, every collected seed "
-              "pooled; CE also after temperature scaling; each panel's ECE is of the pooled records, not "
-              "the mean over seeds of the tables): `reliability.png`.", ""]
+              "pooled; CE also after temperature scaling; each panel's ECE is of the pooled "
+              "records, not the mean over seeds of the tables): `reliability.png`.", ""]
   shift_curves = shift_severity_curves(kept)
   if shift_curves:
     plots.arm_shift_curves(shift_curves, folder / "shift.png",

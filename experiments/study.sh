@@ -2,7 +2,7 @@
 # The commands behind docs/RESULTS.md. Every command skips finished runs, so the
 # script can be stopped and rerun to finish in chunks.
 #
-#   bash experiments/study.sh [radmix|radmix_fitted|organamnist|calibration|all]  (default: all)
+#   bash experiments/study.sh [radmix|radmix_fitted|organamnist|calibration|regime|all]  (default: all)
 #
 # The earlier short-schedule studies (docs/RESULTS.md, "Under-fitted regime") ran
 # with the code of commit f316bbc, where `ls` was today's `ls_kminus1`, `tfkd` was
@@ -38,11 +38,22 @@ calibration() {
   done
 }
 
+# The regime study (docs/results/regime_plan.md): nine cells, cheapest first,
+# five seeds each, every seed with its own calibration / reported halves.
+regime() {
+  for cell in reg_breast reg_chestct reg_retina reg_kidney reg_chestct64 reg_pneumonia \
+              reg_alzheimer reg_brain4 reg_radmix; do
+    python experiments/sweeps.py "$cell" --jobs=2 --threads_per_job=1
+    python experiments/collect_sweep.py "$cell"
+  done
+}
+
 case "${1:-all}" in
   radmix) radmix ;;
   radmix_fitted) radmix_fitted ;;
   organamnist) organamnist ;;
   calibration) calibration ;;
-  all) radmix; radmix_fitted; organamnist; calibration ;;
-  *) echo "usage: $0 [radmix|radmix_fitted|organamnist|calibration|all]" >&2; exit 2 ;;
+  regime) regime ;;
+  all) radmix; radmix_fitted; organamnist; calibration; regime ;;
+  *) echo "usage: $0 [radmix|radmix_fitted|organamnist|calibration|regime|all]" >&2; exit 2 ;;
 esac

@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.ols_init = "uniform"
   c.ols_eps = 0.1
   c.freeze_threshold = 0.0  # 0 = freeze rule off (0.88 in the official code).
+  c.ols_momentum = 0.0     # S_t = m S_{t-1} + (1 - m) S_new; 0 = OLS exactly.
   c.teacher_workdir = ""
   c.focal_gamma = 3.0      # focal (fixed gamma); flsd53 uses 5 / 3 as released.
   c.mbls_margin = 10.0     # mbls: released defaults margin 10, alpha 0.1.
@@ -167,6 +168,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, "temperature", 0.0, 100.0, lo_open=True)
   _check_range(config, "tfkd_a", 0.0, 1.0, lo_open=True, hi_open=True)
   _check_range(config, "freeze_threshold", 0.0, 1.0)
+  _check_range(config, "ols_momentum", 0.0, 1.0, hi_open=True)
   _check_range(config, "reg_alpha", 0.0, 1.0)
   _check_range(config, "reg_temperature", 0.0, 1000.0, lo_open=True)
   _check_range(config, "reg_correct_prob", 0.0, 1.0, lo_open=True, hi_open=True)
@@ -202,6 +204,7 @@ def loss_spec(config: ml_collections.ConfigDict, num_classes: int) -> losses.Los
       eps=float(config.eps), temperature=float(config.temperature),
       tfkd_a=float(config.tfkd_a),
       freeze_threshold=float(config.freeze_threshold) or None,
+      ols_momentum=float(config.get("ols_momentum", 0.0)),
       reg_alpha=float(config.reg_alpha), reg_temperature=float(config.reg_temperature),
       reg_correct_prob=float(config.reg_correct_prob),
       reg_multiplier=float(config.reg_multiplier),

@@ -40,6 +40,11 @@ Methods:
                   al., "Calibrating Deep Neural Networks using Focal Loss",
                   NeurIPS 2020; ``FocalLossAdaptive`` with ``--gamma 3``):
                   ``g = 5`` where ``p_y < 0.2``, else ``3``.
+  ``ols_mbls``    OLS plus the MbLS margin penalty (not published: the seed
+                  paper's open question of OLS combined with another
+                  calibration method): ``alpha * CE + (1 - alpha) * CE(S[y]) +
+                  mbls_alpha * mean_k relu(max_j z_j - z_k - mbls_margin)``,
+                  with S learned as for ``ols`` (``ols_momentum`` applies too).
   ``mbls``        margin-based label smoothing (Liu et al., "The Devil is in
                   the Margin", CVPR 2022; by-liu/MbLS ``LogitMarginL1``):
                   ``CE + mbls_alpha * mean_k relu(max_j z_j - z_k -
@@ -66,7 +71,9 @@ from ols_jax import ols
 from ols_jax import ops
 
 METHODS = ("ce", "ls", "ls_kminus1", "tfkd_reg", "tfkd_paper", "kd", "ols", "focal",
-           "flsd53", "mbls")
+           "flsd53", "mbls", "ols_mbls")
+# Methods that learn the OLS matrix S.
+OLS_METHODS = ("ols", "ols_mbls")
 # FLSD-53 (released FocalLossAdaptive, --gamma 3): gamma 5 below p_y = 0.2, else 3.
 FLSD53_GAMMAS = (5.0, 3.0)
 FLSD53_SWITCH = 0.2
@@ -87,6 +94,7 @@ class LossSpec:
     temperature: KD / ``tfkd_paper`` temperature.
     tfkd_a: correct-class probability of the ``tfkd_paper`` virtual teacher.
     freeze_threshold: OLS freeze rule threshold (None = off).
+    ols_momentum: OLS momentum on S at the epoch boundary (0 = OLS exactly).
     reg_alpha: ``tfkd_reg`` soft-term weight (released: 0.1).
     reg_temperature: ``tfkd_reg`` temperature of the teacher (released: 20).
     reg_correct_prob: ``tfkd_reg`` teacher's true-class probability (0.99).
@@ -104,6 +112,7 @@ class LossSpec:
   temperature: float = 4.0
   tfkd_a: float = 0.9
   freeze_threshold: Optional[float] = None
+  ols_momentum: float = 0.0
   reg_alpha: float = 0.1
   reg_temperature: float = 20.0
   reg_correct_prob: float = 0.99
@@ -117,7 +126,7 @@ class LossSpec:
 
   @property
   def uses_ols(self) -> bool:
-    return self.method == "ols"
+    return self.method in OLS_METHODS
 
   @property
   def needs_teacher(self) -> bool:
@@ -155,6 +164,8 @@ def validate(spec: LossSpec) -> None:
     raise ValueError(f"mbls_margin: expected a value >= 0, got {spec.mbls_margin!r}")
   if not spec.mbls_alpha >= 0.0:
     raise ValueError(f"mbls_alpha: expected a value >= 0, got {spec.mbls_alpha!r}")
+  if not 0.0 <= spec.ols_momentum < 1.0:
+    raise ValueError(f"ols_momentum: expected a value in [0, 1), got {spec.ols_momentum!r}")
   if spec.freeze_threshold is not None and not 0.0 < spec.freeze_threshold <= 1.0:
     raise ValueError("freeze_threshold: expected None or a value in (0, 1], "
                      f"got {spec.freeze_threshold!r}")
@@ -198,7 +209,7 @@ def implied_true_class_mass(spec: LossSpec, steps: int = 20000,
   Returns:
     The true-class probability at the optimum.
   """
-  if spec.method in ("kd", "ols"):
+  if spec.method in ("kd",) + OLS_METHODS:
     raise ValueError(f"method {spec.method!r}: the target depends on a teacher or S")
   labels = jnp.zeros((1,), jnp.int32)
 
@@ -282,10 +293,13 @@ def per_example_loss(spec: LossSpec, logits: jax.Array, labels: jax.Array, *,
   """
   logits = logits.astype(jnp.float32)
   k = spec.num_classes
-  if spec.method == "ols":
+  if spec.uses_ols:
     if soft_labels is None:
-      raise ValueError("method 'ols' needs soft_labels")
-    return ols.per_example_loss(logits, labels, soft_labels, spec.alpha)
+      raise ValueError(f"method {spec.method!r} needs soft_labels")
+    out = ols.per_example_loss(logits, labels, soft_labels, spec.alpha)
+    if spec.method == "ols_mbls":
+      out = out + spec.mbls_alpha * logit_margin_penalty(logits, spec.mbls_margin)
+    return out
   logp = jax.nn.log_softmax(logits, axis=-1)
   if spec.method == "ce":
     return ops.hard_cross_entropy(logp, labels)

@@ -172,18 +172,24 @@ def accumulate(state: OLSState, logits: jax.Array, labels: jax.Array,
 
 
 def next_soft_labels(state: OLSState,
-                     freeze_threshold: Optional[float] = None) -> OLSState:
+                     freeze_threshold: Optional[float] = None,
+                     momentum: float = 0.0) -> OLSState:
   """The epoch boundary: turns the epoch's sums into the next ``S``.
 
-  ``S_next[c] = prob_sums[c] / counts[c]``; a class with ``counts[c] == 0`` gets
+  ``S_new[c] = prob_sums[c] / counts[c]``; a class with ``counts[c] == 0`` gets
   the uniform row ``1/K``. With ``freeze_threshold`` set (the official
   fine-grained code uses 0.88), a class whose previous row has its maximum
   ``>= freeze_threshold`` and that had correct samples keeps its previous row.
-  The accumulators are reset to zero.
+  With ``momentum = m > 0`` (not in the paper or its code: the project's
+  ``ols_momentum`` arm) the next matrix is ``m * S_prev + (1 - m) * S_new``,
+  except for rows of ``S_prev`` that are all zero (the ``"zeros"`` start),
+  which take ``S_new`` as it is so that every row stays a distribution;
+  ``m = 0`` is OLS exactly. The accumulators are reset to zero.
 
   Args:
     state: the :class:`OLSState` at the end of an epoch.
     freeze_threshold: optional threshold of the freeze rule (off when None).
+    momentum: weight ``m`` in ``[0, 1)`` of the previous matrix (static).
 
   Returns:
     A new :class:`OLSState` for the next epoch.
@@ -191,6 +197,8 @@ def next_soft_labels(state: OLSState,
   References:
     Zhang et al., "Delving Deep into Label Smoothing", IEEE TIP 2021, Eq. (5).
   """
+  if not 0.0 <= momentum < 1.0:
+    raise ValueError(f"momentum: expected a value in [0, 1), got {momentum!r}")
   k = state.num_classes
   counts = state.counts
   has = counts > 0
@@ -200,6 +208,10 @@ def next_soft_labels(state: OLSState,
   if freeze_threshold is not None:
     keep = has & (jnp.max(state.soft_labels, axis=-1) >= freeze_threshold)
     new = jnp.where(keep[:, None], state.soft_labels, new)
+  if momentum:
+    prev = state.soft_labels.astype(jnp.float32)
+    started = jnp.sum(prev, axis=-1, keepdims=True) > 0
+    new = jnp.where(started, momentum * prev + (1.0 - momentum) * new, new)
   return OLSState(soft_labels=new.astype(jnp.float32),
                   prob_sums=jnp.zeros_like(state.prob_sums),
                   counts=jnp.zeros_like(state.counts))

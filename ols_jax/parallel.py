@@ -116,9 +116,11 @@ def jit_eval_step(mesh: Mesh, num_bins: int = 15, with_outputs: bool = True):
                  out_shardings=(repl, data))
 
 
-def jit_epoch_boundary(mesh: Mesh, freeze_threshold: Optional[float] = None):
+def jit_epoch_boundary(mesh: Mesh, freeze_threshold: Optional[float] = None,
+                       momentum: float = 0.0):
   repl = replicated_sharding(mesh)
-  fn = functools.partial(steps.epoch_boundary, freeze_threshold=freeze_threshold)
+  fn = functools.partial(steps.epoch_boundary, freeze_threshold=freeze_threshold,
+                         momentum=momentum)
   return jax.jit(fn, in_shardings=(repl,), out_shardings=repl, donate_argnums=(0,))
 
 
@@ -147,9 +149,10 @@ def pmap_eval_step(num_bins: int = 15, with_outputs: bool = True):
   return jax.pmap(fn, axis_name=PMAP_AXIS)
 
 
-def pmap_epoch_boundary(freeze_threshold: Optional[float] = None):
+def pmap_epoch_boundary(freeze_threshold: Optional[float] = None,
+                        momentum: float = 0.0):
   fn = functools.partial(steps.epoch_boundary, freeze_threshold=freeze_threshold,
-                         axis_name=PMAP_AXIS)
+                         momentum=momentum, axis_name=PMAP_AXIS)
   return jax.pmap(fn, axis_name=PMAP_AXIS)
 
 
@@ -243,7 +246,8 @@ class DataParallel:
       self._train = jit_train_step(spec, self.mesh, teacher_apply)
       self._eval = jit_eval_step(self.mesh, num_bins, with_outputs=False)
       self._eval_out = jit_eval_step(self.mesh, num_bins, with_outputs=True)
-      self._boundary = jit_epoch_boundary(self.mesh, spec.freeze_threshold)
+      self._boundary = jit_epoch_boundary(self.mesh, spec.freeze_threshold,
+                                          spec.ols_momentum)
     else:
       if jax.process_count() > 1:
         raise ValueError("parallel: the pmap path runs on one host; use 'jit' "
@@ -252,7 +256,7 @@ class DataParallel:
       self._train = pmap_train_step(spec, teacher_apply)
       self._eval = pmap_eval_step(num_bins, with_outputs=False)
       self._eval_out = pmap_eval_step(num_bins, with_outputs=True)
-      self._boundary = pmap_epoch_boundary(spec.freeze_threshold)
+      self._boundary = pmap_epoch_boundary(spec.freeze_threshold, spec.ols_momentum)
     self._n = n
 
   def to_device(self, tree: Any) -> Any:

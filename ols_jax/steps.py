@@ -122,6 +122,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
 
 
 def epoch_boundary(state: TrainState, *, freeze_threshold: Optional[float] = None,
+                   momentum: float = 0.0,
                    axis_name: Optional[str] = None) -> TrainState:
   """Turns the epoch's OLS sums into the next soft labels.
 
@@ -131,6 +132,7 @@ def epoch_boundary(state: TrainState, *, freeze_threshold: Optional[float] = Non
   Args:
     state: the state at the end of an epoch.
     freeze_threshold: OLS freeze rule (None = off).
+    momentum: OLS momentum on S (0 = OLS exactly; see ``ols.next_soft_labels``).
     axis_name: pmap axis name or None.
 
   Returns:
@@ -140,4 +142,4 @@ def epoch_boundary(state: TrainState, *, freeze_threshold: Optional[float] = Non
   if axis_name is not None:
     acc = acc.replace(prob_sums=jax.lax.psum(acc.prob_sums, axis_name),
                       counts=jax.lax.psum(acc.counts, axis_name))
-  return state.replace(ols=ols.next_soft_labels(acc, freeze_threshold))
+  return state.replace(ols=ols.next_soft_labels(acc, freeze_threshold, momentum))

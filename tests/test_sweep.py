@@ -49,6 +49,28 @@ def test_every_cell_lists_each_run_once(monkeypatch):
   assert len(cal.every_cell(chosen)) == 16 + 7 * 2
 
 
+def test_split_per_seed_sets_the_halves_seed_without_renaming(monkeypatch):
+  per_seed = sweep_lib.Sweep("toy2", "Toy", "experiments/configs/smoke.py", "tiny_cnn", ARMS,
+                             seeds=(0, 1, 2), split_per_seed=True)
+  chosen = {"ls": (("eps", 0.1),), "ols_zeros": (("alpha", 0.7),)}
+  plain, split = SWEEP.every_cell(chosen), per_seed.every_cell(chosen)
+  # Same folders as without the option; each run carries its own seed's halves.
+  assert [c.folder for c in split if c.seed < 2] == [c.folder for c in plain]
+  for c in split:
+    assert dict(c.overrides)["calibration_split_seed"] == str(c.seed)
+  assert ("ols_init", "zeros") in split[3].overrides
+  assert all("calibration_split_seed" not in dict(c.overrides) for c in plain)
+  # The regime cells: 19 candidates on seed 0, 7 kept arms on seeds 1-4, halves per seed.
+  monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parent.parent / "experiments"))
+  import sweeps  # pylint: disable=import-outside-toplevel
+  assert len(sweeps.REGIME_CELLS) >= 9
+  for cell in sweeps.REGIME_CELLS:
+    assert cell.split_per_seed and cell.seeds == (0, 1, 2, 3, 4)
+    chosen = {a.name: a.candidates()[-1] for a in cell.arms}
+    assert len(cell.every_cell(chosen)) == 19 + 7 * 4
+    assert "--config.calibration_split=test_half" in cell.extra
+
+
 def _fake_run(workdir, val_nll, val_err, seed, rng):
   workdir.mkdir(parents=True)
   logits = rng.normal(size=(200, 3)) * 2

@@ -44,14 +44,20 @@ class Arm:
     return [tuple(zip(fields, values))
             for values in itertools.product(*(v for _, v in self.grid))]
 
-  def cell(self, model: str, seed: int, candidate=()) -> grid_runner.Cell:
+  def cell(self, model: str, seed: int, candidate=(),
+           more: tuple[tuple[str, Any], ...] = ()) -> grid_runner.Cell:
+    """The run of this arm with ``candidate`` on ``seed``.
+
+    ``more`` adds overrides that do not name the run (its folder is the same
+    with or without them), e.g. the seed of the calibration halves.
+    """
     suffix = (self.name[len(self.method):].lstrip("_")
               if self.name.startswith(self.method) else self.name)
     parts = [suffix] + [f"{f}{v:g}" if isinstance(v, float) else f"{f}{v}"
                         for f, v in candidate]
     tag = "_".join(p for p in parts if p)
     overrides = tuple((f, repr(v) if isinstance(v, float) else str(v))
-                      for f, v in self.fixed + tuple(candidate))
+                      for f, v in self.fixed + tuple(candidate) + tuple(more))
     return grid_runner.Cell(model, self.method, seed, overrides, tag)
 
 
@@ -67,14 +73,21 @@ class Sweep:
   tuning_seed: int = 0
   select_metric: str = "nll"  # validation metric, lower is better.
   extra: tuple[str, ...] = ()  # more --config.x=y flags for every run.
+  # True: seed s also draws its own calibration / reported halves of test
+  # (``calibration_split_seed = s``), so that the spread over seeds carries
+  # the noise of the test sample; every arm of seed s shares those halves.
+  split_per_seed: bool = False
+
+  def _more(self, seed: int) -> tuple[tuple[str, Any], ...]:
+    return (("calibration_split_seed", seed),) if self.split_per_seed else ()
 
   def tuning_cells(self) -> list[grid_runner.Cell]:
-    return [a.cell(self.model, self.tuning_seed, c)
+    return [a.cell(self.model, self.tuning_seed, c, self._more(self.tuning_seed))
             for a in self.arms for c in a.candidates()]
 
   def final_cells(self, chosen: dict[str, tuple]) -> list[grid_runner.Cell]:
     """Every arm's kept candidate on the other seeds (arms in ``chosen``)."""
-    return [a.cell(self.model, s, chosen[a.name]) for a in self.arms
+    return [a.cell(self.model, s, chosen[a.name], self._more(s)) for a in self.arms
             if a.name in chosen for s in self.seeds if s != self.tuning_seed]
 
   def every_cell(self, chosen: dict[str, tuple]) -> list[grid_runner.Cell]:

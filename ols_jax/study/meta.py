@@ -186,6 +186,4 @@ def two_level_bootstrap(pairs: Sequence[tuple[Mapping[str, np.ndarray],
       idx = rng.integers(0, len(a["correct"]), len(a["correct"]))
       total += stats.metric(b, name, idx) - stats.metric(a, name_a, idx)
     values[i] = total / s
-  tail = 100 * (1 - level) / 2
-  low, high = np.percentile(values, [tail, 100 - tail])
-  return stats.Interval(observed, float(low), float(high)), float(values.std(ddof=1))
+  return stats._percentile_interval(observed, values, level), float(values.std(ddof=1))  # pylint: disable=protected-access

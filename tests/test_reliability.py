@@ -395,7 +395,7 @@ class _FakeState:
 
 @pytest.mark.parametrize("overrides, expected", [
     (dict(method="bogus"),
-     "error: config.method: expected one of ce, ls, ls_kminus1, tfkd_reg, tfkd_paper, kd, ols, focal, flsd53, mbls, "
+     "error: config.method: expected one of ce, ls, ls_kminus1, tfkd_reg, tfkd_paper, kd, ols, focal, flsd53, mbls, ols_mbls, "
      "got 'bogus'"),
     (dict(method="tfkd"), "error: config.method: 'tfkd' was renamed; use 'tfkd_reg'"),
     (dict(augment="flip"), "error: config.augment: expected one of none, crop, crop_flip, "),

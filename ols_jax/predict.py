@@ -173,7 +173,8 @@ def prediction_rows(names: Sequence[str], probs: np.ndarray,
                     threshold: Optional[float] = None,
                     sets: Optional[np.ndarray] = None,
                     ood_score: Optional[np.ndarray] = None,
-                    ood_threshold: Optional[float] = None) -> list[dict[str, Any]]:
+                    ood_threshold: Optional[float] = None,
+                    label_names: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
   """One dict per image: path, label, prediction, confidence, abstain,
   prediction set, OOD score and flag, top-k, probabilities (rounded to
   :data:`DECIMALS`).
@@ -187,6 +188,7 @@ def prediction_rows(names: Sequence[str], probs: np.ndarray,
     sets: ``(N, K)`` prediction-set mask, or None (no ``prediction_set``).
     ood_score: ``(N,)`` OOD scores, or None (no ``ood_score`` / ``ood``).
     ood_threshold: ``ood`` iff ``ood_score < ood_threshold``.
+    label_names: what ``labels`` index (None: ``class_names``).
   """
   probs = np.asarray(probs)
   k = min(TOP_K, probs.shape[1])
@@ -198,7 +200,7 @@ def prediction_rows(names: Sequence[str], probs: np.ndarray,
   for i, name in enumerate(names):
     row = {"path": name}
     if labels is not None:
-      row["label"] = class_names[int(labels[i])]
+      row["label"] = (label_names or class_names)[int(labels[i])]
     row.update(
         prediction=class_names[int(pred[i])],
         confidence=round(float(conf[i]), DECIMALS),
@@ -334,7 +336,11 @@ def predict_to_file(workdir: str | os.PathLike, input_path: str | os.PathLike,
                                            alpha=conformal_alpha, temperature=temperature)
   rule = runs.ood_rule(run, ood_score) if ood else None
   inputs = inputs_lib.collect_inputs(input_path, split=split)
-  if inputs.labels is not None and len(inputs.labels) and (
+  # Labels in another class space (an npz whose class_names differ from the
+  # run's) are reported by their own names and never scored.
+  foreign = (inputs.labels is not None and inputs.label_names is not None
+             and tuple(inputs.label_names) != tuple(run.class_names))
+  if not foreign and inputs.labels is not None and len(inputs.labels) and (
       inputs.labels.min() < 0 or inputs.labels.max() >= run.num_classes):
     raise DataError(f"input {input_path}: labels run from {inputs.labels.min()} to "
                     f"{inputs.labels.max()}, but the run has {run.num_classes} classes")
@@ -350,7 +356,8 @@ def predict_to_file(workdir: str | os.PathLike, input_path: str | os.PathLike,
             if rule is not None else None)
   rows = prediction_rows(preds.names, probs, run.class_names, labels=preds.labels,
                          threshold=threshold, sets=masks, ood_score=scores,
-                         ood_threshold=None if rule is None else rule.threshold)
+                         ood_threshold=None if rule is None else rule.threshold,
+                         label_names=inputs.label_names if foreign else None)
   write_rows(output, rows, run.class_names)
   conf = probs.max(axis=1)
   accepted = conf >= threshold if threshold is not None else np.ones(len(conf), bool)
@@ -367,7 +374,9 @@ def predict_to_file(workdir: str | os.PathLike, input_path: str | os.PathLike,
     summary["ood"] = {"score": rule.score, "threshold": rule.threshold,
                       "tpr": evaluation.OOD_TPR, "source": rule.source,
                       "flagged": int(np.sum(scores < rule.threshold))}
-  if preds.labels is not None:
+  if foreign:
+    summary["foreign_labels"] = list(inputs.label_names)
+  elif preds.labels is not None:
     correct = np.argmax(probs, axis=1) == preds.labels
     summary["accuracy"] = float(correct.mean())
     summary["accepted_accuracy"] = (float(correct[accepted].mean())
@@ -400,6 +409,10 @@ def summary_line(summary: dict[str, Any]) -> str:
              f"threshold keeps {100 * flags['tpr']:.0f}% of val)")
   if summary["skipped"]:
     text += f"; {summary['skipped']} bad inputs skipped"
+  if "foreign_labels" in summary:
+    text += ("; labels are the input's own classes ("
+             + ", ".join(summary["foreign_labels"])
+             + "), not the run's: accuracy and coverage not scored")
   if "accuracy" in summary:
     acc = summary["accepted_accuracy"]
     text += (f"; accuracy {100 * summary['accuracy']:.2f}% on all, "

@@ -491,7 +491,8 @@ def _run_fields(run: RunContext, loop: LoopState, final_step: int) -> dict[str, 
   """What describes a finished run in its summary (besides its metrics)."""
   config, info = run.config, run.dataset.info
   return {
-      "dataset": info.name, "class_names": list(info.class_names),
+      "dataset": info.name, "data_origin": info.origin,
+      "class_names": list(info.class_names),
       "num_classes": info.num_classes,
       "split_sizes": {s: len(src) for s, src in run.dataset.splits.items()},
       "calibration_split": config.calibration_split,

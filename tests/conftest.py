@@ -28,6 +28,13 @@ def require_dataset(name: str):
   return path
 
 
+def brain_mri_28():
+  """The 28 px brain MRI npz: the shared copy, else the one the package ships."""
+  from ols_jax.data import local  # pylint: disable=import-outside-toplevel
+  shared = paths.dataset_dir("brain_tumor_mri") / "brain_tumor_mri_28.npz"
+  return shared if shared.is_file() else local.embedded_npz("brain_tumor_mri", 28)
+
+
 @pytest.fixture
 def shared_data():
   """Callable fixture: ``shared_data('brain_tumor_mri')`` -> Path or skip."""

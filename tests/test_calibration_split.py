@@ -47,8 +47,6 @@ def test_calibration_split_replaces_val_and_test():
 
 
 def test_load_for_config_applies_the_split(tmp_path):
-  from conftest import require_dataset  # pylint: disable=import-outside-toplevel
-  require_dataset("brain_tumor_mri")
   from ols_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   c = config_lib.base_config()
   plain = data_lib.load_for_config(c)

@@ -53,7 +53,8 @@ def _apply(model, **kwargs):
 
 def _real_batch(shared_data, n=32):
   """``n`` real 28 px MRI images in [-1, 1] with a channel axis, and labels."""
-  data = np.load(shared_data('brain_tumor_mri') / 'brain_tumor_mri_28.npz')
+  from conftest import brain_mri_28  # pylint: disable=import-outside-toplevel
+  data = np.load(brain_mri_28())
   images = data['train_images'][:n].astype(np.float32) / 127.5 - 1.0
   labels = data['train_labels'][:n, 0].astype(np.int32)
   return jnp.asarray(images[..., None]), jnp.asarray(labels)

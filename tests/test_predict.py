@@ -49,13 +49,12 @@ pydicom = pytest.importorskip("pydicom")
 
 
 def _npz():
-  return paths.dataset_dir("brain_tumor_mri") / "brain_tumor_mri_28.npz"
+  from conftest import brain_mri_28  # pylint: disable=import-outside-toplevel
+  return brain_mri_28()
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-  from conftest import require_dataset  # pylint: disable=import-outside-toplevel
-  require_dataset("brain_tumor_mri")
   from experiments.configs import smoke  # pylint: disable=import-outside-toplevel
   c = smoke.get_config()
   c.update(dict(num_epochs=1, batch_size=256, num_devices=1, progress=False,
@@ -670,3 +669,32 @@ def test_tensorboard_failure_warns_once_and_stops(tmp_path):
   lines = stream.getvalue().splitlines()
   assert len(lines) == 1 and lines[0].startswith(
       f"warning: TensorBoard logging to {blocker / 'tb'} stopped: ")
+
+
+def test_labels_of_another_class_space_keep_their_names(run_dir, tmp_path, capsys):
+  """An npz whose class_names differ from the run's is named, never scored."""
+  with np.load(_npz()) as z:
+    images, labels = z["test_images"][:40], z["test_labels"][:40]
+  other = ("adenocarcinoma", "large_cell", "normal", "squamous")
+  path = tmp_path / "other.npz"
+  np.savez(path, test_images=images, test_labels=labels, class_names=np.array(other))
+  summary = predict.predict_to_file(run_dir, path, tmp_path / "other.csv", progress=False)
+  rows = _read_csv(tmp_path / "other.csv")
+  assert [r["label"] for r in rows] == [other[int(i)] for i in labels.reshape(-1)]
+  assert {r["prediction"] for r in rows} <= set(_results(run_dir)["class_names"])
+  assert "accuracy" not in summary and "coverage" not in summary.get("sets", {})
+  assert summary["foreign_labels"] == list(other)
+  line = predict.summary_line(summary)
+  assert "not the run's: accuracy and coverage not scored" in line
+  assert "% on all" not in line
+  # The same images under the run's own names are scored as usual.
+  same = tmp_path / "same.npz"
+  np.savez(same, test_images=images, test_labels=labels,
+           class_names=np.array(_results(run_dir)["class_names"]))
+  scored = predict.predict_to_file(run_dir, same, tmp_path / "same.csv", progress=False)
+  assert "foreign_labels" not in scored and 0.0 <= scored["accuracy"] <= 1.0
+  # Labels beyond the file's own names are refused with one line.
+  bad = tmp_path / "bad.npz"
+  np.savez(bad, test_images=images, test_labels=labels + 4, class_names=np.array(other))
+  with pytest.raises(data_lib.DataError, match="class_names has 4 names"):
+    predict.predict_to_file(run_dir, bad, tmp_path / "bad.csv", progress=False)

@@ -23,8 +23,6 @@ SEVERITIES = (1, 5)
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-  from conftest import require_dataset  # pylint: disable=import-outside-toplevel
-  require_dataset("brain_tumor_mri")
   from experiments.configs import smoke  # pylint: disable=import-outside-toplevel
   c = smoke.get_config()
   c.update(dict(num_epochs=1, batch_size=256, num_devices=1, progress=False,

@@ -46,8 +46,6 @@ def test_make_model_from_config_passes_the_options_each_model_uses():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, request):
-  from conftest import require_dataset  # pylint: disable=import-outside-toplevel
-  require_dataset("brain_tumor_mri")
   root = tmp_path_factory.mktemp("runs")
   out = {}
   for method in METHODS:

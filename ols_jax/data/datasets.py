@@ -25,6 +25,9 @@ class DatasetInfo:
   channels: int
   image_size: int | None  # Stored square size; None when sizes vary.
   split_sizes: dict[str, int]
+  # Where the images came from: 'shared', 'embedded' (the packaged copy),
+  # 'tfds' or 'folder'; recorded in results.json.
+  origin: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +44,13 @@ def dataset_names() -> tuple[str, ...]:
           + ("folder:<path>",))
 
 
-def _make(name, class_names, channels, image_size, splits) -> Dataset:
+def _make(name, class_names, channels, image_size, splits,
+          origin="") -> Dataset:
   info = DatasetInfo(
       name=name, num_classes=len(class_names),
       class_names=tuple(class_names), channels=int(channels),
       image_size=image_size,
-      split_sizes={s: len(src) for s, src in splits.items()})
+      split_sizes={s: len(src) for s, src in splits.items()}, origin=origin)
   return Dataset(info=info, splits=dict(splits))
 
 
@@ -56,7 +60,8 @@ def _load_shared(name, image_size, data_dir) -> Dataset:
   spec = local.SHARED[name]
   class_names, channels, size, splits = local.load_npz(path, name,
                                                        spec.class_names)
-  return _make(name, class_names, channels, size, splits)
+  origin = ("embedded" if path.parent == local.EMBEDDED_DIR else "shared")
+  return _make(name, class_names, channels, size, splits, origin)
 
 
 def _load_tfds(name, config, data_dir, manual_dir) -> tuple[Any, dict]:
@@ -90,7 +95,8 @@ def _load_radimagenet(data_dir, manual_dir) -> Dataset:
   builder, splits = _load_tfds("radimagenet", None, data_dir, manual_dir)
   names = builder.info.features["label"].names
   return _make("radimagenet", names, 1, None,
-               {s: sources.TfdsSource(src) for s, src in splits.items()})
+               {s: sources.TfdsSource(src) for s, src in splits.items()},
+               "tfds")
 
 
 def _load_medmnist(spec, image_size, data_dir, manual_dir) -> Dataset:
@@ -108,7 +114,8 @@ def _load_medmnist(spec, image_size, data_dir, manual_dir) -> Dataset:
   _, splits = _load_tfds("medmnist", f"{subset}_{size}", data_dir,
                          manual_dir)
   return _make(f"medmnist/{subset}", info.labels, info.channels, size,
-               {s: sources.TfdsSource(src) for s, src in splits.items()})
+               {s: sources.TfdsSource(src) for s, src in splits.items()},
+               "tfds")
 
 
 def stratified_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +194,7 @@ def load_dataset(name: str, *, image_size: int | None = None,
   if name.startswith("folder:"):
     path = name[len("folder:"):]
     class_names, channels, splits = local.load_folder(path)
-    return _make(name, class_names, channels, None, splits)
+    return _make(name, class_names, channels, None, splits, "folder")
   if name == "radimagenet":
     return _load_radimagenet(data_dir, manual_dir)
   if name.startswith("medmnist/"):

@@ -33,6 +33,8 @@ class Inputs:
   names: Sequence[str]
   read: Callable[[int], np.ndarray]  # uint8 (H, W) or (H, W, 3); DataError if bad.
   labels: Optional[np.ndarray] = None  # class index per image, if known.
+  # What ``labels`` index: the npz's own ``class_names`` when it has them.
+  label_names: Optional[tuple[str, ...]] = None
 
   def __len__(self) -> int:
     return len(self.names)
@@ -97,6 +99,8 @@ def _npz_inputs(path: pathlib.Path, split: str) -> Inputs:
             f"expected the MedMNIST layout <split>_images[, <split>_labels]")
       images = z[images_key]
       labels = z[labels_key] if labels_key in keys else None
+      label_names = (tuple(str(n) for n in z["class_names"])
+                     if "class_names" in keys else None)
   except (OSError, ValueError, zipfile.BadZipFile) as e:
     if isinstance(e, DataError):
       raise
@@ -117,8 +121,13 @@ def _npz_inputs(path: pathlib.Path, split: str) -> Inputs:
       raise DataError(f"npz {path}: {labels_key} has shape {labels.shape} and dtype "
                       f"{labels.dtype}; expected one integer label per image")
     labels = labels.reshape(-1).astype(np.int64)
+    if label_names is not None and len(labels) and (
+        labels.min() < 0 or labels.max() >= len(label_names)):
+      raise DataError(f"npz {path}: {labels_key} runs from {labels.min()} to "
+                      f"{labels.max()}, but class_names has {len(label_names)} names")
   names = [f"npz:{split}:{i}" for i in range(len(images))]
-  return Inputs(names=names, read=lambda i: images[i], labels=labels)
+  return Inputs(names=names, read=lambda i: images[i], labels=labels,
+                label_names=label_names)
 
 
 def collect_inputs(path: str | os.PathLike, *, split: str = "test") -> Inputs:

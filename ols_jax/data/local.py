@@ -52,6 +52,22 @@ SHARED: dict[str, SharedSpec] = {
 }
 
 
+# The one dataset shipped inside the package (CC0 1.0; docs/DATA.md): used when
+# the shared data folder does not hold it, so a clone anywhere runs the main job.
+EMBEDDED_DIR = pathlib.Path(__file__).resolve().parent / "embedded"
+EMBEDDED: dict[tuple[str, int], tuple[str, str]] = {
+    ("brain_tumor_mri", 28): (
+        "brain_tumor_mri_28.npz",
+        "313995db22d786bb7bd40e547d53712b779bb2a1b86ddf1b7a2e02c6985a0da3"),
+}
+
+
+def embedded_npz(name: str, image_size: int) -> pathlib.Path | None:
+  """The packaged copy of ``name`` at ``image_size`` px, or None if none ships."""
+  entry = EMBEDDED.get((name, int(image_size)))
+  return EMBEDDED_DIR / entry[0] if entry else None
+
+
 def npz_array_shape(path: str | os.PathLike, key: str) -> tuple[int, ...]:
   """Shape of ``key`` in an npz file, read from its header only."""
   try:
@@ -101,8 +117,12 @@ def shared_npz_path(name: str, image_size: int | None,
                     f"{sizes}")
   folder = root / spec.folder
   if not folder.is_dir():
+    packaged = embedded_npz(name, size)
+    if packaged is not None and packaged.is_file():
+      return packaged
     raise DataError(f"dataset folder {folder} not found (set OLS_JAX_DATA or "
-                    f"data_dir to the folder holding the shared datasets)")
+                    f"data_dir to the folder holding the shared datasets; "
+                    f"docs/DATA.md says how to get them)")
   return folder / spec.files[size]
 
 

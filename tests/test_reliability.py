@@ -430,7 +430,7 @@ def test_missing_or_empty_data_dir(tmp_path, capsys):
     line = _cli_error(capsys, _smoke_config(data_dir=str(data_dir)), workdir)
     assert line == (f"error: dataset folder {data_dir}/chest_ct not found (set "
                     f"OLS_JAX_DATA or data_dir to the folder holding the shared "
-                    f"datasets)")
+                    f"datasets; docs/DATA.md says how to get them)")
     assert not workdir.exists()
 
 

@@ -104,7 +104,8 @@ def random_effects(effects: Sequence[float], variances: Sequence[float],
   fixed_mean = float(np.sum(w * y) / np.sum(w))
   q = float(np.sum(w * (y - fixed_mean) ** 2))
   c = float(np.sum(w) - np.sum(w ** 2) / np.sum(w))
-  tau2 = max(0.0, (q - (k - 1)) / c)
+  # c is 0 only when one cell's weight swamps the rest to rounding: no spread is estimable.
+  tau2 = max(0.0, (q - (k - 1)) / c) if c > 0 else 0.0
   ws = 1.0 / (v + tau2)
   mean = float(np.sum(ws * y) / np.sum(ws))
   se_re = float(np.sqrt(1.0 / np.sum(ws)))

@@ -1,0 +1,114 @@
+"""The regime study's rule, per-cell effects, meta rows and report on synthetic cells."""
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from ols_jax.study import meta
+from ols_jax.study import pooled
+from ols_jax.study import regime
+from ols_jax.study import stats
+
+
+def _run(nll, ece, *, nll_ts=None, ece_ts=None, gap=0.05, temperature=1.5, train=500):
+  return {"test": {"nll": nll, "ece": ece, "top1_error": 0.2},
+          "test_ts": {"nll": nll if nll_ts is None else nll_ts,
+                      "ece": ece if ece_ts is None else ece_ts},
+          "val": {"calibration_gap": gap}, "temperature": temperature,
+          "split_sizes": {"train": train}, "records": None}
+
+
+def _cell(name, ce_nll, ols_nll, *, gap=0.05, temperature=1.5, ce_ts_nll=None):
+  """A cell whose CE and OLS uniform runs have the given per-seed NLLs (ECE = NLL / 10)."""
+  ce_ts_nll = ce_nll if ce_ts_nll is None else ce_ts_nll
+  kept = {"ce": {s: _run(a, a / 10, nll_ts=t, gap=gap, temperature=temperature)
+                 for s, (a, t) in enumerate(zip(ce_nll, ce_ts_nll))},
+          "ols_uniform": {s: _run(b, b / 10) for s, b in enumerate(ols_nll)}}
+  return pooled.Cell(name, pathlib.Path(name), kept, [], {}, 60.0 * len(ce_nll), 2 * len(ce_nll))
+
+
+@pytest.mark.parametrize("gap,temperature,expected", [
+    (0.02, 1.2, True), (0.01, 1.2, False), (0.02, 1.05, False), (-0.02, 2.0, False),
+    (0.0101, 1.0501, True)])
+def test_regime_rule_thresholds_are_strict(gap, temperature, expected):
+  ok, g, t = regime.regime_rule(_run(1.0, 0.1, gap=gap, temperature=temperature))
+  assert ok is expected and g == gap and t == temperature
+
+
+def test_regime_rule_reads_seed0_calibration_half_only():
+  c = _cell("c", [1.0, 1.0], [0.9, 0.9], gap=0.05, temperature=2.0)
+  c.kept["ce"][1]["val"]["calibration_gap"] = -0.5  # another seed cannot change it
+  c.kept["ce"][0]["test"]["calibration_gap"] = -0.5  # nor the reported half
+  assert regime.cell_regime(c).over_confident
+  del c.kept["ce"][0]
+  g = regime.cell_regime(c)
+  assert not g.over_confident and np.isnan(g.gap)
+  assert regime.regime_rule(None)[0] is False
+
+
+def test_per_seed_diffs_and_ce_ts_reads_the_scaled_metric():
+  c = _cell("c", [1.0, 2.0, 3.0], [0.5, 1.5, 2.0], ce_ts_nll=[0.4, 1.0, 1.0])
+  assert regime.per_seed_diffs(c, "ols_uniform", "ce", "nll") == pytest.approx(
+      {0: -0.5, 1: -0.5, 2: -1.0})
+  assert regime.per_seed_diffs(c, "ols_uniform", "ce + TS", "nll") == pytest.approx(
+      {0: 0.1, 1: 0.5, 2: 1.0})
+  del c.kept["ols_uniform"][1]
+  assert set(regime.per_seed_diffs(c, "ols_uniform", "ce", "nll")) == {0, 2}
+
+
+def test_meta_row_is_random_effects_of_cell_means_and_variances():
+  rng = np.random.default_rng(0)
+  cells, ys, vs = [], [], []
+  for i in range(4):
+    ce = rng.uniform(1, 2, 5)
+    ols = ce + rng.normal(-0.1 * i, 0.05, 5)
+    cells.append(_cell(f"c{i}", list(ce), list(ols)))
+    d = ols - ce
+    ys.append(d.mean())
+    vs.append(d.var(ddof=1) / 5)
+  row = regime.meta_row(cells, "ols_uniform", "ce", "nll")
+  ref = meta.random_effects(ys, vs)
+  assert row.cells == ("c0", "c1", "c2", "c3")
+  assert row.result.estimate == pytest.approx(ref.estimate)
+  assert row.result.tau2 == pytest.approx(ref.tau2)
+  assert (row.result.low, row.result.high) == pytest.approx((ref.low, ref.high))
+  one = regime.meta_row(cells[:1], "ols_uniform", "ce", "nll")
+  assert one.result is None and "1 cell" in one.why
+
+
+def test_primary_family_uses_over_confident_cells_and_holm():
+  hot = [_cell(f"h{i}", [1.0, 1.2, 1.1], [0.8 - 0.01 * i, 1.1, 0.85]) for i in range(3)]
+  cold = _cell("cold", [1.0, 1.0, 1.0], [3.0, 2.0, 2.5], gap=-0.05)
+  fam = regime.primary_family(hot + [cold])
+  assert len(fam) == len(regime.COMPARATORS) * len(regime.PRIMARY_METRICS)
+  with_result = [(r, h) for r, h in fam if r.result is not None]
+  # Only CE and CE + TS exist in these cells: 4 rows with a result, none over "cold".
+  assert len(with_result) == 4
+  assert all("cold" not in r.cells for r, _ in with_result)
+  raw = [r.result.p if r.result else np.nan for r, _ in fam]
+  np.testing.assert_allclose([h for _, h in fam], stats.holm(raw), equal_nan=True)
+
+
+def test_report_and_figure(tmp_path):
+  cells = [_cell(f"reg_{i}", [1.0, 1.2, 1.1], [0.8, 1.0 + 0.03 * i, 0.9 - 0.02 * i])
+           for i in range(3)]
+  cells.append(_cell("reg_cold", [1.0, 1.0, 1.0], [0.9, 0.95, 1.0], gap=0.0))
+  text = regime.report(cells, {c.name: 6 for c in cells}, "python experiments/regime_meta.py",
+                       num_resamples=0)
+  assert "Over-confident cells: reg_0, reg_1, reg_2." in text
+  assert "| reg_cold | 500 | 6 of 6 | +0.00 | 1.50 | no |" in text
+  assert "3 (reg_0, reg_1, reg_2)" in text
+  path = regime.regime_map_figure(regime.regime_map_rows(cells), tmp_path / "map.png")
+  assert pathlib.Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_on_collected_cells(tmp_path):
+  """The entry point runs over the committed cells (or none) and writes both files."""
+  import sys
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "experiments"))
+  import regime_meta  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "regime_meta.md"
+  assert regime_meta.main(["reg_breast", "--num_resamples=0", f"--out={out}"]) == 0
+  assert out.exists() and (tmp_path / "regime_map.png").exists()
+  assert "reg_breast" in out.read_text()

@@ -112,3 +112,17 @@ def test_cli_on_collected_cells(tmp_path):
   assert regime_meta.main(["reg_breast", "--num_resamples=0", f"--out={out}"]) == 0
   assert out.exists() and (tmp_path / "regime_map.png").exists()
   assert "reg_breast" in out.read_text()
+
+
+def test_summary_verdict_gate_uses_the_plan_rule_with_halves():
+  from ols_jax.study import sweep_report  # pylint: disable=import-outside-toplevel
+  c = _cell("c", [1.0, 1.0], [0.9, 0.9], gap=0.05, temperature=2.0)
+  for r in c.kept["ce"].values():  # reported half under-confident: the old rule says no
+    r["test"]["calibration_gap"] = -0.1
+    r["config"] = {"calibration_split": "test_half"}
+  assert sweep_report.uses_halves(c.kept)
+  assert sweep_report.calibration_verdict_allowed(c.kept)
+  assert "**over-confident**" in sweep_report.plan_regime_line(c.kept)
+  c.kept["ce"][0]["temperature"] = 1.04
+  assert not sweep_report.calibration_verdict_allowed(c.kept)
+  assert "**not over-confident**" in sweep_report.plan_regime_line(c.kept)

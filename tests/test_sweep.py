@@ -197,7 +197,7 @@ def _collected_run(dest, seed, logits, labels, rng, *, new_keys=True, train_acc=
   for d in (test, test_ts):
     d.update(top1_error=test["top1_error"], top5_error=0.0, calibration_gap=0.02)
   r = {"val": {"nll": 1.0, "top1_error": float(rng.uniform(0.2, 0.4)),
-               "ece": float(rng.uniform(0.01, 0.1))},
+               "ece": float(rng.uniform(0.01, 0.1)), "calibration_gap": -0.01},
        "test": test, "test_ts": test_ts, "temperature": 1.5, "seed": seed,
        "wall_time_s": float(rng.uniform(100, 200))}
   if new_keys:

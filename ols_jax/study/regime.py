@@ -30,10 +30,11 @@ import numpy as np
 from ols_jax.study import meta
 from ols_jax.study import pooled
 from ols_jax.study import stats
+from ols_jax.study import sweep_report
 
-GAP_THRESHOLD = 0.01          # CE conf - acc on the calibration half, above 1 point
-TEMPERATURE_THRESHOLD = 1.05  # and a fitted temperature above 1.05
-RULE_SEED = 0
+GAP_THRESHOLD = sweep_report.PLAN_GAP                  # CE conf - acc above 1 point
+TEMPERATURE_THRESHOLD = sweep_report.PLAN_TEMPERATURE  # and T above 1.05
+RULE_SEED = sweep_report.PLAN_SEED
 
 PRIMARY_ARM = "ols_uniform"
 SECONDARY_ARMS = ("ols_momentum", "ols_mbls")
@@ -70,12 +71,9 @@ def regime_rule(ce_run: Optional[dict]) -> tuple[bool, float, float]:
 
   Returns:
     ``(over_confident, gap, temperature)``; ``(False, nan, nan)`` for None.
+    Defined once, in :func:`ols_jax.study.sweep_report.plan_regime`.
   """
-  if ce_run is None:
-    return False, float("nan"), float("nan")
-  gap = float(ce_run["val"]["calibration_gap"])
-  temperature = float(ce_run["temperature"])
-  return (gap > GAP_THRESHOLD and temperature > TEMPERATURE_THRESHOLD), gap, temperature
+  return sweep_report.plan_regime(ce_run)
 
 
 def cell_regime(cell: pooled.Cell, reference: str = "ce") -> Regime:

@@ -85,7 +85,7 @@ REGIME_ARMS = (
 # (selection, T, thresholds, conformal sets) and the reported half, the
 # corruption suite and one far-OOD set, one host device per run. Sets under
 # 2,000 training images get 30 epochs (their few steps per epoch), the rest 15.
-def _regime(name, title, config, ood_set, epochs):
+def _regime(name, title, config, ood_set, epochs, more=()):
   return sweep_lib.Sweep(
       name=name,
       title=(f"{title}, ResNet-18 x0.25, {epochs} epochs, no augmentation, calibration "
@@ -93,7 +93,7 @@ def _regime(name, title, config, ood_set, epochs):
       config=config, model="resnet18", arms=REGIME_ARMS, seeds=(0, 1, 2, 3, 4),
       extra=("--config.augment=none", "--config.calibration_split=test_half",
              f"--config.num_epochs={epochs}", "--config.shift_eval=True",
-             f"--config.ood_sets={ood_set}", "--cpu_devices=1"),
+             f"--config.ood_sets={ood_set}", "--cpu_devices=1") + tuple(more),
       split_per_seed=True)
 
 
@@ -114,7 +114,8 @@ REGIME_CELLS = (
     _regime("reg_alzheimer", "Alzheimer MRI (4 classes, 4609 train, 28 px)",
             "experiments/configs/alzheimer_mri.py", "chest_ct", 15),
     _regime("reg_brain4", "Brain MRI 4 classes (4781 train, 28 px)",
-            "experiments/configs/brain_tumor_mri.py", "chest_ct", 15),
+            "experiments/configs/brain_tumor_mri.py", "chest_ct", 15,
+            more=("--config.cross_source=brain_tumor_44",)),
     _regime("reg_radmix", "RadMix (75 classes, 13547 train, 28 px)",
             "experiments/configs/radmix.py", "retinamnist", 15),
 )

@@ -107,6 +107,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Far-OOD sets: comma-separated shared datasets (their test split, converted
   # to this run's channels and size), scored against this run's test split.
   c.ood_sets = ""
+  # Cross-source shift: a shared dataset whose test split is mapped to this
+  # run's classes (ols_jax.data.cross_source) and scored like test.
+  c.cross_source = ""
   # Infrastructure.
   c.parallel = "jit"
   c.num_devices = 0        # 0 = all devices.
@@ -162,6 +165,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
       if name.strip() not in local.SHARED:
         raise ConfigError(f"config.ood_sets: {name.strip()!r} is not a shared dataset; "
                           f"expected comma-separated names from {', '.join(sorted(local.SHARED))}")
+  if config.get("cross_source"):
+    from ols_jax.data import cross_source as cross_lib  # pylint: disable=import-outside-toplevel
+    from ols_jax.data import errors as data_errors  # pylint: disable=import-outside-toplevel
+    try:
+      cross_lib.check_pair(str(config.cross_source), str(config.dataset))
+    except data_errors.DataError as e:
+      raise ConfigError(f"config.cross_source: {e}") from None
   _check_range(config, "alpha", 0.0, 1.0)
   _check_range(config, "eps", 0.0, 1.0, hi_open=True)
   _check_range(config, "ols_eps", 0.0, 1.0)

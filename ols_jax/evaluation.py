@@ -154,6 +154,7 @@ class FinalEvaluation:
 def final(dp: parallel.DataParallel, state, splits, config, *, run_fields: dict[str, Any],
           start_time: float, soft_labels: Optional[np.ndarray],
           ood_sources: Optional[dict[str, Any]] = None,
+          cross_source: Optional["CrossSource"] = None,
           log=lambda message: None) -> FinalEvaluation:
   """Evaluates the selected state on val and test, once, into the run's summary.
 
@@ -178,6 +179,8 @@ def final(dp: parallel.DataParallel, state, splits, config, *, run_fields: dict[
     soft_labels: S after the last epoch, or None.
     ood_sources: far-OOD sets by name (data sources; converted to the run's
       channels and size here), or None.
+    cross_source: another source's test images mapped to the run's classes
+      (:func:`cross_source_section`), or None.
     log: a progress line callback.
 
   Returns:
@@ -209,6 +212,11 @@ def final(dp: parallel.DataParallel, state, splits, config, *, run_fields: dict[
       dp, state, config, train_out, val_out, test_out,
       ood_sources or {}, num_classes=int(val_out["logits"].shape[-1]))
   summary["ood"] = ood_summary
+  if cross_source is not None:
+    log(f"final evaluation: cross-source test ({cross_source.name})")
+    summary["cross_source"] = cross_source_section(
+        dp, state, config, cross_source, val_out, temperature,
+        ood_summary["thresholds"], _unsaved_fit(ood_fit))
   if config.shift_eval:
     log("final evaluation: corruption suite on test")
     images, labels = shift_lib.working_array(splits["test"], image_size=config.image_size,
@@ -298,6 +306,57 @@ def ood_section(dp, state, config, train_out, val_out, test_out, ood_sources,
   saved = {f"mahalanobis_{k}": np.asarray(v) for k, v in fit.items()}
   saved.update({f"threshold_{k}": np.asarray(v, np.float64) for k, v in thresholds.items()})
   return summary, saved
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossSource:
+  """Another source's test images in the run's class space.
+
+  Attributes:
+    name: the source dataset.
+    mapping: the class mapping in words (:mod:`ols_jax.data.cross_source`).
+    images: ``(N, S, S[, 3])`` uint8 working images at the run's size.
+    labels: ``(N,)`` labels in the run's class space.
+    source_count: test images of the source before unmapped classes were dropped.
+  """
+  name: str
+  mapping: str
+  images: np.ndarray
+  labels: np.ndarray
+  source_count: int
+
+
+def _unsaved_fit(saved: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The Mahalanobis fit from :func:`ood_section`'s saved arrays."""
+  return {k[len("mahalanobis_"):]: v for k, v in saved.items() if k.startswith("mahalanobis_")}
+
+
+def cross_source_section(dp, state, config, cross: CrossSource, val_out, temperature: float,
+                         thresholds: dict[str, float], fit) -> dict[str, Any]:
+  """Scores the run on another source's mapped test images.
+
+  Error, ECE, NLL (raw and with the run's temperature), conformal coverage
+  and set size with the thresholds calibrated on the run's own val
+  (calibration) split, and the fraction each OOD score flags at the run's
+  thresholds: what a user of the model would see at a new centre.
+
+  Returns:
+    The JSON-ready section (``results.json['cross_source']``).
+  """
+  num_classes = int(val_out["logits"].shape[-1])
+  _, out = evaluate(dp, state, sources.ArraySource(cross.images, cross.labels), config,
+                    with_outputs=True, channels=config.channels)
+  raw = score(out["logits"], out["label"], num_bins=config.num_bins)
+  ts = score(out["logits"], out["label"], num_bins=config.num_bins, temperature=temperature)
+  scores = _ood_scores(out["logits"], out["embedding"], fit)
+  return {
+      "source": cross.name, "mapping": cross.mapping, "count": int(len(cross.labels)),
+      "source_count": int(cross.source_count),
+      "class_counts": np.bincount(cross.labels, minlength=num_classes).tolist(),
+      "raw": raw.metrics, "ts": ts.metrics,
+      "conformal": conformal_section(val_out, out, temperature, float(config.conformal_alpha)),
+      "ood_flagged": {k: float(np.mean(v < thresholds[k])) for k, v in scores.items()},
+  }
 
 
 def _json_ready(curve: dict[str, Any]) -> dict[str, Any]:

@@ -48,8 +48,10 @@ from ols_jax import parallel
 from ols_jax import report as report_lib
 from ols_jax import runs
 from ols_jax import selective
+from ols_jax import shift as shift_lib
 from ols_jax import tensorboard_log
 from ols_jax import train_state as train_state_lib
+from ols_jax.data import cross_source as cross_lib
 from ols_jax.logging_utils import is_main_process, MetricWriter, Progress
 from ols_jax.loop_state import LoopState
 
@@ -118,6 +120,31 @@ def _ood_sources(config) -> dict[str, Any]:
       ds = data_lib.load_dataset(name, data_dir=config.data_dir or None)
     out[name] = ds.splits["test"]
   return out
+
+
+def _cross_source(config, info) -> Optional[evaluation.CrossSource]:
+  """``config.cross_source``'s test split in the run's class space, or None.
+
+  Loaded like a far-OOD set (the run's size where stored, else the smallest),
+  converted to working images; classes without a counterpart are dropped.
+
+  Raises:
+    DataError: the set cannot be loaded or mapped.
+  """
+  name = str(config.get("cross_source", "") or "")
+  if not name:
+    return None
+  try:
+    ds = data_lib.load_dataset(name, image_size=config.image_size,
+                               data_dir=config.data_dir or None)
+  except data_lib.DataError:
+    ds = data_lib.load_dataset(name, data_dir=config.data_dir or None)
+  lmap = cross_lib.label_map(name, info.name, ds.info.class_names, info.class_names)
+  images, labels = shift_lib.working_array(ds.splits["test"], image_size=config.image_size,
+                                           channels=config.channels)
+  keep, mapped = cross_lib.mapped_subset(labels, lmap)
+  return evaluation.CrossSource(name, cross_lib.description(name, info.name), images[keep],
+                                mapped, int(len(labels)))
 
 
 def _flip_labels(config, info) -> Optional[np.ndarray]:
@@ -247,6 +274,7 @@ class RunContext:
       seconds earlier processes spent on it (so ``time.time() - start_time``
       is the run's wall-clock summed over resumes).
     ood_sources: the far-OOD sets of the final evaluation, by name.
+    cross_source: the cross-source test images (``config.cross_source``), or None.
   """
   config: ml_collections.ConfigDict
   workdir: pathlib.Path
@@ -264,6 +292,7 @@ class RunContext:
   hooks: hooks_lib.Hooks
   start_time: float
   ood_sources: dict[str, Any] = dataclasses.field(default_factory=dict)
+  cross_source: Optional[evaluation.CrossSource] = None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -294,7 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         run.dp, run.dp.to_device(best_state), run.dataset.splits, config,
         run_fields=_run_fields(run, loop, final_step), start_time=run.start_time,
         soft_labels=run.dp.soft_labels(state), ood_sources=run.ood_sources,
-        log=run.progress.message)
+        cross_source=run.cross_source, log=run.progress.message)
     write_outputs(run, evaluated)
     summary = evaluated.summary
   run.writer.close()
@@ -326,6 +355,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   _use_compilation_cache(config)
   dataset = _dataset(config)
   ood_sources = _ood_sources(config)
+  cross_source = _cross_source(config, dataset.info)
   devices = _device_setup(config)
   _check_existing_workdir(config, workdir)
   flip_labels = _flip_labels(config, dataset.info)
@@ -358,7 +388,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                    steps_per_epoch=steps_per_epoch, flip_labels=flip_labels, dp=dp,
                    train_args=train_args, checkpointer=checkpointer, writer=writer,
                    progress=progress, hooks=hooks, start_time=start_time,
-                   ood_sources=ood_sources)
+                   ood_sources=ood_sources, cross_source=cross_source)
   return run, state, loop
 
 

@@ -528,6 +528,48 @@ def conformal_table(kept: dict[str, dict[int, dict]]) -> str:
                    + rows)
 
 
+# Cross-source quantities: (label, run -> value, scale, lower_is_better).
+CROSS_QUANTITIES = (
+    ("cross-source top-1 error (points)", lambda r: r["cross_source"]["raw"]["top1_error"], 100,
+     True),
+    ("cross-source ECE (points)", lambda r: r["cross_source"]["raw"]["ece"], 100, True),
+    ("cross-source ECE after TS (points)", lambda r: r["cross_source"]["ts"]["ece"], 100, True),
+    ("cross-source NLL", lambda r: r["cross_source"]["raw"]["nll"], 1, True),
+    ("cross-source LAC coverage (points)",
+     lambda r: r["cross_source"]["conformal"]["lac"]["coverage"], 100, False),
+    ("cross-source Mahalanobis OOD flag rate (points)",
+     lambda r: r["cross_source"]["ood_flagged"]["mahalanobis"], 100, True),
+)
+
+
+def _has_cross(kept: dict[str, dict[int, dict]]) -> bool:
+  return any(r.get("cross_source") for runs in kept.values() for r in runs.values())
+
+
+def cross_source_table(kept: dict[str, dict[int, dict]]) -> str:
+  """Per arm, the cross-source scores (mean ± std over seeds); empty without them."""
+  if not _has_cross(kept):
+    return ""
+  first = next(r["cross_source"] for runs in kept.values() for r in runs.values()
+               if r.get("cross_source"))
+  head = ("| arm | seeds | " + " | ".join(q[0].replace("cross-source ", "")
+                                          for q in CROSS_QUANTITIES) + " |")
+  lines = [f"Cross-source shift: every run scored on {first['source']}'s test images mapped to "
+           f"this cell's classes ({first['mapping']}; {first['count']} of "
+           f"{first['source_count']} images kept). Temperature, conformal threshold and OOD "
+           "thresholds are the run's own, from its calibration half. Mean ± std over seeds:",
+           "", head, "|" + "---|" * (head.count("|") - 1)]
+  for arm, runs in kept.items():
+    rs = [runs[s] for s in sorted(runs) if runs[s].get("cross_source")]
+    if not rs:
+      continue
+    cells = [_pm([get(r) for r in rs], scale, 2 if scale == 100 else 3)
+             for _, get, scale, _ in CROSS_QUANTITIES]
+    lines.append(f"| {arm} | {','.join(str(r.get('seed', '?')) for r in rs)} | "
+                 + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def ood_table(kept: dict[str, dict[int, dict]]) -> str:
   """Far-OOD AUROC per set and score (test split = in-distribution)."""
   keys = ood_keys(kept)
@@ -560,6 +602,9 @@ def trust_quantities(kept: dict[str, dict[int, dict]]) -> list[tuple[str, Any, i
   for set_name, score in ood_keys(kept):
     out.append((f"OOD AUROC {set_name} {score} (points)",
                 lambda r, s=set_name, sc=score: ood_auroc(r, s, sc), 100, False))
+  if _has_cross(kept):
+    out += [(label, lambda r, g=get: g(r) if r.get("cross_source") else float("nan"), scale,
+             lower) for label, get, scale, lower in CROSS_QUANTITIES]
   return out
 
 
@@ -591,7 +636,8 @@ def trust_paired_table(kept: dict[str, dict[int, dict]], reference: str = "ce") 
 
 def trust_section(kept: dict[str, dict[int, dict]], reference: str = "ce") -> list[str]:
   """The "trust under shift" section's lines; empty when no run has the keys."""
-  parts = [t for t in (shift_tables(kept), conformal_table(kept), ood_table(kept)) if t]
+  parts = [t for t in (shift_tables(kept), conformal_table(kept), ood_table(kept),
+                       cross_source_table(kept)) if t]
   if not parts:
     return []
   out = ["## Trust under shift: corruptions, conformal sets, far-OOD detection", ""]

@@ -13,6 +13,8 @@ from ols_jax.data import cross_source
 from ols_jax.data import errors
 from ols_jax.study import sweep_report
 
+pytestmark = pytest.mark.slow  # whole runs or subprocesses: the full tier only
+
 BRAIN44 = tuple(f"{t} {q}" for t in (
     "Astrocitoma", "Carcinoma", "Ependimoma", "Ganglioglioma", "Germinoma", "Glioblastoma",
     "Granuloma", "Meduloblastoma", "Meningioma", "Neurocitoma", "Oligodendroglioma", "Papiloma",

@@ -260,6 +260,7 @@ def test_pipeline_errors(small_source):
                         channels=1, seed=0, start_step=99)
 
 
+@pytest.mark.slow
 def test_workers_match_in_process(small_source):
   kw = dict(global_batch_size=32, image_size=28, channels=1, seed=2)
   ref = _all(data.train_iterator(small_source, **kw))

@@ -14,6 +14,8 @@ from ols_jax import data
 from ols_jax import paths
 from ols_jax.data import local
 
+pytestmark = pytest.mark.slow  # whole runs or subprocesses: the full tier only
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 

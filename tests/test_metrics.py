@@ -75,6 +75,7 @@ def test_sum_shapes_and_dtypes():
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 40), k=st.sampled_from([2, 5, 10]),
        scale=st.floats(0.1, 8.0), seed=st.integers(0, 2**31 - 1))
+@pytest.mark.slow
 def test_hypothesis_padded_batches_match_reference(n, k, scale, seed):
   num_bins = 15
   logits, labels = _random(n, k, seed, scale)

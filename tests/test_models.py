@@ -137,6 +137,7 @@ def test_make_divisible_like_torchvision():
 # ------------------------------------------------------------------- shapes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', models.MODEL_NAMES)
 def test_output_and_embedding_shapes_abstract(name):
   embed_dims = {'resnet18': 512, 'resnet34': 512, 'resnet50': 2048,
@@ -179,6 +180,7 @@ def test_bad_input_rank():
 # ------------------------------------------------------ train / eval modes
 
 
+@pytest.mark.slow
 def test_batchnorm_stats_update_only_in_train_mode():
   model = models.create('tiny_cnn', 4, small_input=True)
   x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3)) * 3.0 + 1.0
@@ -206,6 +208,7 @@ def test_batchnorm_stats_update_only_in_train_mode():
                              rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['tiny_cnn', 'vgg19_bn'])
 def test_dropout_only_in_train_mode(name):
   model = models.create(name, 4, dropout_rate=0.5, **SMALL)
@@ -302,6 +305,7 @@ def test_initialisers_follow_torchvision():
 # ---------------------------------------------------------------- dtypes
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_returns_float32_logits():
   x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
   m32 = models.create('tiny_cnn', 4, small_input=True)
@@ -337,6 +341,7 @@ def test_bfloat16_compute_returns_float32_logits():
 # ------------------------------------------------------------- pmap + BN
 
 
+@pytest.mark.slow
 def test_bn_axis_name_syncs_statistics_across_devices():
   n_dev = jax.local_device_count()
   if n_dev < 2:
@@ -369,6 +374,7 @@ def test_bn_axis_name_syncs_statistics_across_devices():
 # the dropout test (compile time dominates, so the list stays short).
 @pytest.mark.parametrize('name', ['tiny_cnn', 'resnet18', 'resnet50',
                                   'mobilenet_v2', 'vgg19'])
+@pytest.mark.slow
 def test_sgd_steps_lower_loss_on_real_batch(name, shared_data):
   images, labels = _real_batch(shared_data, n=16)
   options = dict(small_input=True)

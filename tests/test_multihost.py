@@ -26,6 +26,8 @@ from ols_jax import paths
 from ols_jax import report as report_lib
 from ols_jax import train
 
+pytestmark = pytest.mark.slow  # whole runs or subprocesses: the full tier only
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENTRY = REPO / "experiments" / "radimagenet.py"
 LAUNCHER = REPO / "experiments" / "launch_local.py"

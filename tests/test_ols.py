@@ -136,6 +136,7 @@ class AccumulateTest(chex.TestCase):
     np.testing.assert_array_equal(counts, [6., 0., 0.])
 
 
+@pytest.mark.slow
 @hypothesis.given(data=batches(), split_seed=st.integers(0, 1000))
 def test_additive_over_splits_and_permutation_invariant(data, split_seed):
   k, logits, labels, mask = data
@@ -261,6 +262,7 @@ def test_alpha_one_is_plain_cross_entropy():
   np.testing.assert_allclose(ols.loss(logits, labels, s, 1.0), ce, rtol=1e-6)
 
 
+@pytest.mark.slow
 @hypothesis.given(data=batches(), alpha=st.floats(0, 1))
 def test_gradient_is_analytic_and_none_flows_into_s(data, alpha):
   k, logits, labels, _ = data
@@ -281,6 +283,7 @@ def test_row_entropy():
   np.testing.assert_allclose(ols.row_entropy(s), [0., np.log(2)], rtol=1e-6)
 
 
+@pytest.mark.slow
 @hypothesis.given(data=batches())
 def test_batch_statistics_equals_one_accumulate(data):
   """The segment_sum per-batch statistic equals one scatter-add accumulation."""

@@ -43,6 +43,8 @@ from ols_jax.data import datasets
 from ols_jax.data import dicom
 from ols_jax.data import inputs as inputs_lib
 
+pytestmark = pytest.mark.slow  # whole runs or subprocesses: the full tier only
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ENTRY = REPO / "experiments" / "predict.py"
 pydicom = pytest.importorskip("pydicom")

@@ -36,6 +36,8 @@ from ols_jax import train
 from ols_jax.logging_utils import read_metrics
 from ols_jax.loop_state import LoopState
 
+pytestmark = pytest.mark.slow  # whole runs or subprocesses: the full tier only
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENTRY = REPO / "experiments" / "radimagenet.py"
 FAULT_ENTRY = REPO / "tests" / "fault_entry.py"  # ENTRY with a crash hook

@@ -15,6 +15,8 @@ import pytest
 from ols_jax import shift
 from ols_jax import train
 
+pytestmark = pytest.mark.slow  # whole runs or subprocesses: the full tier only
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 ENTRY = REPO / "experiments" / "shift.py"
 CORRUPTIONS = ("gaussian_noise", "contrast")

@@ -18,6 +18,7 @@ def _logits(n=600, k=7, seed=0, scale=3.0):
   return logits.astype(np.float32), labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature", [1.0, 0.6, 2.5])
 def test_records_reproduce_the_device_metrics(temperature):
   logits, labels = _logits()
@@ -106,6 +107,7 @@ def _softmax(z):
   return e / e.sum(-1, keepdims=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature", [1.0, 0.6, 2.5])
 def test_adaptive_ece_and_brier_records_match_the_metrics_module(temperature):
   logits, labels = _logits(n=613)  # 613 = 15 * 40 + 13: uneven equal-mass bins

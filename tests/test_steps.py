@@ -99,6 +99,7 @@ def test_train_step_accumulates_and_learns():
   assert int(state.step) == 12
 
 
+@pytest.mark.slow
 def test_train_step_accumulates_exactly_the_forward_logits():
   """The OLS sums equal accumulate() on the training-mode logits of the step."""
   state = make_state()
@@ -120,6 +121,7 @@ def test_ce_does_not_accumulate():
   assert float(pre.counts.sum()) == 0
 
 
+@pytest.mark.slow
 def test_eval_step_never_accumulates_and_respects_mask():
   state, _, _ = run_single(make_batches(2), epochs=1)
   batch = make_batches(1, seed=5)[0]
@@ -147,6 +149,7 @@ def test_train_step_traces_once():
     state, _ = step(state, b)
 
 
+@pytest.mark.slow
 def test_jit_sharded_equals_single_device():
   batches = make_batches()
   single, single_pre, single_hist = run_single(batches)
@@ -174,6 +177,7 @@ def test_jit_sharded_equals_single_device():
       np.testing.assert_allclose(a[key], b[key], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_pmap_equals_single_device():
   batches = make_batches()
   single, single_pre, single_hist = run_single(batches)

@@ -105,6 +105,7 @@ def test_selection_uses_validation_and_breaks_ties_on_error(tmp_path):
   assert doc["rule"].startswith("lowest validation nll on seed 0")
 
 
+@pytest.mark.slow
 def test_report_from_collected_files(tmp_path):
   rng = np.random.default_rng(1)
   kept = {"ce": "ce", "ls": "ls_eps0.1", "ols_zeros": "ols_zeros_alpha0.3"}

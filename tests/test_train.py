@@ -18,6 +18,8 @@ from ols_jax.study import collected
 from ols_jax.study import grid_report
 from ols_jax.study import grid_runner
 
+pytestmark = pytest.mark.slow  # whole runs or subprocesses: the full tier only
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 METHODS = ("ce", "ls", "ls_kminus1", "tfkd_reg", "tfkd_paper", "kd", "ols", "focal", "flsd53", "mbls")
 

@@ -43,10 +43,10 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   distributed.configure_cpu_devices(_CPU_DEVICES.value, ())
-  from ols_jax import shift  # pylint: disable=import-outside-toplevel
+  from ols_jax import shift_run  # pylint: disable=import-outside-toplevel
   log = (lambda m: print(m, file=sys.stderr, flush=True)) if _PROGRESS.value else None
   summary = cli.call_or_exit(
-      shift.shift_to_files, _WORKDIR.value, _OUTPUT.value, figure=_FIGURE.value,
+      shift_run.shift_to_files, _WORKDIR.value, _OUTPUT.value, figure=_FIGURE.value,
       corruption_names=_CORRUPTIONS.value, severity_list=_SEVERITIES.value, log=log,
       debug=_DEBUG.value)
   records = summary["records"]

@@ -14,7 +14,7 @@ comes through accessors: :func:`val_outputs`, :func:`abstention_threshold`,
 step (:class:`ols_jax.parallel.DataParallel`) over a data source (the
 evaluation's input path) or over preprocessed image batches (predict's),
 each batch padded to the global batch and masked. ``predict``,
-:func:`split_logits` and :func:`ols_jax.shift.evaluate_run` all run it.
+:func:`split_logits` and :func:`ols_jax.shift_run.evaluate_run` all run it.
 Nothing here imports the training loop.
 """
 

@@ -30,11 +30,14 @@ from ml_collections import config_flags
 from ols_jax import config as config_lib
 from ols_jax import data as data_lib
 from ols_jax import distributed
+from ols_jax import models
 from ols_jax import train
 
-# Errors a user can fix; shown as one line without a traceback.
+# Errors a user can fix; shown as one line without a traceback. Anything else
+# (a ValueError or TypeError from inside the library, say) is a bug and keeps
+# its traceback.
 USER_ERRORS = (config_lib.ConfigError, data_lib.DataError, train.TrainingDivergedError,
-               ValueError, OSError)
+               models.UnknownOptionError, OSError)
 
 
 def error_line(e: BaseException) -> str:
@@ -50,8 +53,8 @@ def call_or_exit(fn: Callable[..., Any], *args, debug: bool = False, **kwargs) -
   try:
     return fn(*args, **kwargs)
   except USER_ERRORS as e:  # pylint: disable=catching-non-exception
-    if debug:
-      raise
+    if debug or (isinstance(e, OSError) and e.errno is None):
+      raise  # an OSError without errno is raised by code, not by the file system
     print(error_line(e), file=sys.stderr)
     sys.exit(2)
 

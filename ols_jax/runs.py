@@ -37,10 +37,10 @@ import ml_collections
 import numpy as np
 
 from ols_jax import checkpointing
-from ols_jax import config as config_lib
 from ols_jax import conformal
 from ols_jax import data as data_lib
 from ols_jax import evaluation
+from ols_jax import losses
 from ols_jax import models
 from ols_jax import ood as ood_lib
 from ols_jax import parallel
@@ -459,7 +459,9 @@ def on_devices(run: FinishedRun, devices: Optional[Sequence[Any]] = None) -> OnD
     :class:`OnDevices` for :func:`infer`.
   """
   devices = list(jax.devices() if devices is None else devices)
-  dp = parallel.DataParallel("jit", config_lib.loss_spec(run.config, run.num_classes),
+  # Inference never reads the training loss: a plain CE spec keeps workdirs of every
+  # method loadable, retired method names (an old ``tfkd``) included.
+  dp = parallel.DataParallel("jit", losses.LossSpec(method="ce", num_classes=run.num_classes),
                              devices, num_bins=int(run.config.num_bins))
   state = InferenceState(params=run.variables["params"],
                          batch_stats=run.variables.get("batch_stats", {}),

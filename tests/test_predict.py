@@ -700,3 +700,16 @@ def test_labels_of_another_class_space_keep_their_names(run_dir, tmp_path, capsy
   np.savez(bad, test_images=images, test_labels=labels + 4, class_names=np.array(other))
   with pytest.raises(data_lib.DataError, match="class_names has 4 names"):
     predict.predict_to_file(run_dir, bad, tmp_path / "bad.csv", progress=False)
+
+
+def test_a_workdir_of_a_retired_method_still_predicts(run_dir, tmp_path):
+  """Inference builds no training loss: a config naming the retired ``tfkd`` still loads."""
+  old = tmp_path / "tfkd_run"
+  shutil.copytree(run_dir, old)
+  cfg = json.loads((old / "config.json").read_text())
+  cfg["method"] = "tfkd"
+  (old / "config.json").write_text(json.dumps(cfg))
+  a = predict.predict_to_file(run_dir, _npz(), tmp_path / "a.jsonl", progress=False)
+  b = predict.predict_to_file(old, _npz(), tmp_path / "b.jsonl", progress=False)
+  assert a["ood"] == b["ood"]
+  assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()

@@ -110,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Cross-source shift: a shared dataset whose test split is mapped to this
   # run's classes (ols_jax.data.cross_source) and scored like test.
   c.cross_source = ""
+  # Start from a finished run's selected weights (its workdir): every parameter of
+  # the same path and shape is copied, a head of another class count is fresh.
+  c.init_from = ""
   # Infrastructure.
   c.parallel = "jit"
   c.num_devices = 0        # 0 = all devices.

@@ -28,6 +28,7 @@ import sys
 import time
 from typing import Any, NamedTuple, Optional
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -275,6 +276,7 @@ class RunContext:
       is the run's wall-clock summed over resumes).
     ood_sources: the far-OOD sets of the final evaluation, by name.
     cross_source: the cross-source test images (``config.cross_source``), or None.
+    init_from: what ``config.init_from`` copied (``results.json['init_from']``), or None.
   """
   config: ml_collections.ConfigDict
   workdir: pathlib.Path
@@ -293,6 +295,7 @@ class RunContext:
   start_time: float
   ood_sources: dict[str, Any] = dataclasses.field(default_factory=dict)
   cross_source: Optional[evaluation.CrossSource] = None
+  init_from: Optional[dict[str, Any]] = None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -364,6 +367,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   spec = config_lib.loss_spec(config, k)
   schedule = learning_rate_schedule(config, steps_per_epoch)
   state = _initial_state(config, k, schedule)
+  state, init_record = _init_from(config, state)
   teacher_apply, teacher_vars = (load_teacher(config, k, config.channels)
                                  if spec.needs_teacher else (None, None))
   dp = parallel.DataParallel(config.parallel, spec, devices, num_bins=config.num_bins,
@@ -388,7 +392,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                    steps_per_epoch=steps_per_epoch, flip_labels=flip_labels, dp=dp,
                    train_args=train_args, checkpointer=checkpointer, writer=writer,
                    progress=progress, hooks=hooks, start_time=start_time,
-                   ood_sources=ood_sources, cross_source=cross_source)
+                   ood_sources=ood_sources, cross_source=cross_source,
+                   init_from=init_record)
   return run, state, loop
 
 
@@ -491,6 +496,70 @@ def _initial_state(config, num_classes: int, schedule: optax.Schedule):
       ols_init=config.ols_init, ols_eps=config.ols_eps)
 
 
+def merge_pretrained(fresh: Any, pretrained: Any) -> tuple[Any, list[str]]:
+  """``fresh`` with every leaf of ``pretrained`` that has the same path and shape.
+
+  Args:
+    fresh: the freshly initialised variable tree (params or batch_stats).
+    pretrained: the source run's tree of the same model.
+
+  Returns:
+    ``(merged, kept_fresh)``: the merged tree and the ``/``-joined paths of
+    the leaves left at their fresh values (absent from the source, or of
+    another shape: a classifier head of another class count, a stem of
+    other input channels).
+  """
+  flat_src = flax.traverse_util.flatten_dict(flax.core.unfreeze(pretrained)) if pretrained else {}
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(fresh)) if fresh else {}
+  kept = []
+  for path, leaf in flat.items():
+    src = flat_src.get(path)
+    if src is not None and np.shape(src) == np.shape(leaf):
+      flat[path] = jnp.asarray(src, jnp.asarray(leaf).dtype)
+    else:
+      kept.append("/".join(path))
+  return (flax.traverse_util.unflatten_dict(flat) if flat else fresh), kept
+
+
+def _init_from(config, state) -> tuple[Any, Optional[dict[str, Any]]]:
+  """``state`` with the selected weights of ``config.init_from``'s finished run.
+
+  Every parameter and BatchNorm statistic of the same path and shape is
+  copied; the rest (a head of another class count) keeps its fresh value.
+  The optimiser state is rebuilt for the new parameters; S starts as
+  configured.
+
+  Returns:
+    ``(state, record)``; the record goes into ``results.json['init_from']``.
+
+  Raises:
+    ConfigError: the source is not a finished run, or is another model.
+  """
+  source = str(config.get("init_from", "") or "")
+  if not source:
+    return state, None
+  path = pathlib.Path(source)
+  src_config = runs.read_config(path)
+  for key in ("model", "width_multiplier", "small_input"):
+    if src_config.get(key) != config.get(key):
+      raise config_lib.ConfigError(
+          f"config.init_from: {path} has {key}={src_config.get(key)!r}, this run "
+          f"{config.get(key)!r}; expected the same model")
+  results_path = path / "results.json"
+  if not results_path.is_file():
+    raise config_lib.ConfigError(f"config.init_from: {path} has no results.json (not a "
+                                 "finished run)")
+  src_k = int(json.loads(results_path.read_text())["num_classes"])
+  _, variables, ckpt = runs.restore_model(path, src_config, src_k, role="run")
+  params, fresh_params = merge_pretrained(state.params, variables["params"])
+  stats, fresh_stats = merge_pretrained(state.batch_stats, variables.get("batch_stats", {}))
+  state = state.replace(params=params, batch_stats=stats, opt_state=state.tx.init(params))
+  record = {"workdir": source, "checkpoint": ckpt.name, "source_num_classes": src_k,
+            "source_dataset": src_config.get("dataset"),
+            "kept_fresh": fresh_params + [f"batch_stats/{p}" for p in fresh_stats]}
+  return state, record
+
+
 def _restore(checkpointer: checkpointing.Checkpointer, state, config,
              num_classes: int) -> tuple[Any, LoopState]:
   """The newest checkpoint's state and loop position, else ``state`` at the start.
@@ -533,6 +602,7 @@ def _run_fields(run: RunContext, loop: LoopState, final_step: int) -> dict[str, 
       "device_count": len(run.devices), "device_kind": run.devices[0].device_kind,
       "process_count": jax.process_count(), "host": host.describe(),
       "soft_label_row_entropy": [list(row) for row in loop.entropy_history],
+      **({"init_from": run.init_from} if run.init_from else {}),
   }
 
 

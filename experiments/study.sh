@@ -2,7 +2,7 @@
 # The commands behind docs/RESULTS.md. Every command skips finished runs, so the
 # script can be stopped and rerun to finish in chunks.
 #
-#   bash experiments/study.sh [radmix|radmix_fitted|organamnist|calibration|regime|all]  (default: all)
+#   bash experiments/study.sh [radmix|radmix_fitted|calibration|regime|all]  (default: all)
 #
 # The earlier short-schedule studies (docs/RESULTS.md, "Under-fitted regime") ran
 # with the code of commit f316bbc, where `ls` was today's `ls_kminus1`, `tfkd` was
@@ -22,11 +22,6 @@ radmix() {
 radmix_fitted() {
   python experiments/sweeps.py radmix_fitted --jobs=2 --threads_per_job=1
   python experiments/collect_sweep.py radmix_fitted
-}
-
-organamnist() {
-  python experiments/sweeps.py organamnist_converged --jobs=1
-  python experiments/collect_sweep.py organamnist_converged
 }
 
 # The calibration verdict: three fitted cells on the calibration split, two
@@ -51,9 +46,8 @@ regime() {
 case "${1:-all}" in
   radmix) radmix ;;
   radmix_fitted) radmix_fitted ;;
-  organamnist) organamnist ;;
   calibration) calibration ;;
   regime) regime ;;
-  all) radmix; radmix_fitted; organamnist; calibration; regime ;;
-  *) echo "usage: $0 [radmix|radmix_fitted|organamnist|calibration|regime|all]" >&2; exit 2 ;;
+  all) radmix; radmix_fitted; calibration; regime ;;
+  *) echo "usage: $0 [radmix|radmix_fitted|calibration|regime|all]" >&2; exit 2 ;;
 esac

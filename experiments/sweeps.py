@@ -140,12 +140,6 @@ SWEEPS = (
                "(the fitted regime), tuned on validation (seed 0)"),
         config="experiments/configs/radmix.py", model="resnet18", arms=FAIR_ARMS,
         seeds=(0, 1, 2), extra=("--config.augment=none", "--cpu_devices=1")),
-    sweep_lib.Sweep(
-        name="organamnist_converged",
-        title=("OrganAMNIST (11 classes, 28 px), ResNet-18 x0.25, 10 epochs, crop + "
-               "laterality-aware flip, tuned on validation (seed 0)"),
-        config="experiments/configs/organamnist.py:converged", model="resnet18",
-        arms=FAIR_ARMS, seeds=(0, 1, 2)),
     _fitted("cal_brain44", "Brain MRI 44 classes (28 px)",
             "experiments/configs/brain_tumor_44.py:fitted", "chest_ct,retinamnist"),
     _fitted("cal_brain4", "Brain MRI 4 classes (28 px)",

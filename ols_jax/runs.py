@@ -481,11 +481,11 @@ def global_batch_size(run: FinishedRun, batch_size: int, num_devices: int) -> in
     The global batch size.
 
   Raises:
-    ValueError: a size below 1.
+    ConfigError: a size below 1.
   """
   size = int(batch_size or run.config.eval_batch_size)
   if size < 1:
-    raise ValueError(f"batch size: expected a positive integer, got {size}")
+    raise ConfigError(f"batch size: expected a positive integer, got {size}")
   return -(-size // num_devices) * num_devices
 
 

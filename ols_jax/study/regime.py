@@ -420,12 +420,13 @@ def report(cells: Sequence[pooled.Cell], expected_runs: dict[str, int], command:
       "DerSimonian-Laird random-effects meta-analysis of the cell means with within-cell "
       "variance var(d)/n, a Hartung-Knapp interval (k - 1 df) and a prediction interval for "
       "a new cell (k - 2 df). The fixed-effect (inverse-variance) figure describes **these "
-      "cells only**. \"Not resolved\" = the interval includes 0.", "",
+      "cells only**. \"Not resolved\" = the interval includes 0 (in the primary family: Holm p "
+      "above 0.05, whatever the unadjusted interval).", "",
       "## Cells, the regime rule and the cost", "",
       f"Rule (plan): over-confident when CE seed 0 has calibration-half conf - acc above "
       f"{100 * GAP_THRESHOLD:.0f} point and temperature above {TEMPERATURE_THRESHOLD}. Host "
       "of every run: see each run's `host` record (the cells here ran on Intel Xeon, 2 "
-      "cores, one core per run, 2026-12). Wall-clock: sum of `wall_time_s` over the cell's "
+      "cores, one XLA device per run, two runs sharing the cores, 2026-12). Wall-clock: sum of `wall_time_s` over the cell's "
       "collected runs.", "", regime_table(cells, expected_runs), "",
       "Over-confident cells: " + (", ".join(c.name for c in hot) if hot else "none") + ".", ""]
   missing = [f"- {c.name}: {m}" for c in cells for m in c.missing]

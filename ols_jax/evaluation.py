@@ -208,7 +208,7 @@ def final(dp: parallel.DataParallel, state, splits, config, *, run_fields: dict[
   log("final evaluation: out-of-distribution scores")
   _, train_out = evaluate(dp, state, splits["train"], config, with_outputs=True,
                           channels=config.channels)
-  ood_summary, ood_fit = ood_section(
+  ood_summary, ood_fit, fit = ood_section(
       dp, state, config, train_out, val_out, test_out,
       ood_sources or {}, num_classes=int(val_out["logits"].shape[-1]))
   summary["ood"] = ood_summary
@@ -216,7 +216,7 @@ def final(dp: parallel.DataParallel, state, splits, config, *, run_fields: dict[
     log(f"final evaluation: cross-source test ({cross_source.name})")
     summary["cross_source"] = cross_source_section(
         dp, state, config, cross_source, val_out, temperature,
-        ood_summary["thresholds"], _unsaved_fit(ood_fit))
+        ood_summary["thresholds"], fit)
   if config.shift_eval:
     log("final evaluation: corruption suite on test")
     images, labels = shift_lib.working_array(splits["test"], image_size=config.image_size,
@@ -274,7 +274,7 @@ def _ood_scores(logits: np.ndarray, embedding: np.ndarray, fit) -> dict[str, np.
 
 
 def ood_section(dp, state, config, train_out, val_out, test_out, ood_sources,
-                *, num_classes: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                *, num_classes: int) -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:
   """OOD scores, thresholds kept at :data:`OOD_TPR` of val, AUROC per far-OOD set.
 
   The Mahalanobis class means and shared covariance come from the training
@@ -282,7 +282,8 @@ def ood_section(dp, state, config, train_out, val_out, test_out, ood_sources,
   converted to the run's channels and size as predict converts its inputs.
 
   Returns:
-    ``(summary, fit)``: the JSON-ready section and the arrays predict needs.
+    ``(summary, saved, fit)``: the JSON-ready section, the arrays predict
+    needs and the Mahalanobis fit itself.
   """
   fit = ood_lib.fit_mahalanobis(train_out["embedding"], train_out["label"], num_classes)
   val_scores = _ood_scores(val_out["logits"], val_out["embedding"], fit)
@@ -305,7 +306,7 @@ def ood_section(dp, state, config, train_out, val_out, test_out, ood_sources,
   }
   saved = {f"mahalanobis_{k}": np.asarray(v) for k, v in fit.items()}
   saved.update({f"threshold_{k}": np.asarray(v, np.float64) for k, v in thresholds.items()})
-  return summary, saved
+  return summary, saved, fit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,11 +325,6 @@ class CrossSource:
   images: np.ndarray
   labels: np.ndarray
   source_count: int
-
-
-def _unsaved_fit(saved: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """The Mahalanobis fit from :func:`ood_section`'s saved arrays."""
-  return {k[len("mahalanobis_"):]: v for k, v in saved.items() if k.startswith("mahalanobis_")}
 
 
 def cross_source_section(dp, state, config, cross: CrossSource, val_out, temperature: float,

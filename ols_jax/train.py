@@ -112,15 +112,18 @@ def _ood_sources(config) -> dict[str, Any]:
   Raises:
     DataError: a set cannot be loaded.
   """
-  out = {}
-  for name in filter(None, (n.strip() for n in str(config.ood_sets).split(","))):
-    try:
-      ds = data_lib.load_dataset(name, image_size=config.image_size,
+  return {name: _extra_dataset(config, name).splits["test"]
+          for name in filter(None, (n.strip() for n in str(config.ood_sets).split(",")))}
+
+
+def _extra_dataset(config, name: str) -> data_lib.Dataset:
+  """Another shared dataset (far-OOD, cross-source): at the run's image size
+  where it stores it, else at its smallest (the evaluation resizes)."""
+  try:
+    return data_lib.load_dataset(name, image_size=config.image_size,
                                  data_dir=config.data_dir or None)
-    except data_lib.DataError:
-      ds = data_lib.load_dataset(name, data_dir=config.data_dir or None)
-    out[name] = ds.splits["test"]
-  return out
+  except data_lib.DataError:
+    return data_lib.load_dataset(name, data_dir=config.data_dir or None)
 
 
 def _cross_source(config, info) -> Optional[evaluation.CrossSource]:
@@ -135,11 +138,7 @@ def _cross_source(config, info) -> Optional[evaluation.CrossSource]:
   name = str(config.get("cross_source", "") or "")
   if not name:
     return None
-  try:
-    ds = data_lib.load_dataset(name, image_size=config.image_size,
-                               data_dir=config.data_dir or None)
-  except data_lib.DataError:
-    ds = data_lib.load_dataset(name, data_dir=config.data_dir or None)
+  ds = _extra_dataset(config, name)
   lmap = cross_lib.label_map(name, info.name, ds.info.class_names, info.class_names)
   images, labels = shift_lib.working_array(ds.splits["test"], image_size=config.image_size,
                                            channels=config.channels)

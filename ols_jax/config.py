@@ -113,6 +113,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Start from a finished run's selected weights (its workdir): every parameter of
   # the same path and shape is copied, a head of another class count is fresh.
   c.init_from = ""
+  # Fine-tuning: the backbone's learning rate is backbone_lr_multiplier x the
+  # head's (the head keeps the schedule); freeze_backbone trains the head only
+  # (a linear probe) with the backbone's BatchNorm statistics frozen too.
+  c.backbone_lr_multiplier = 1.0
+  c.freeze_backbone = False
   # Infrastructure.
   c.parallel = "jit"
   c.num_devices = 0        # 0 = all devices.
@@ -187,6 +192,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_range(config, "reg_correct_prob", 0.0, 1.0, lo_open=True, hi_open=True)
   _check_range(config, "reg_multiplier", 0.0, 1e6)
   _check_range(config, "learning_rate", 0.0, 10.0, lo_open=True)
+  _check_range(config, "backbone_lr_multiplier", 0.0, 100.0)
   _check_range(config, "momentum", 0.0, 1.0, hi_open=True)
   _check_range(config, "weight_decay", 0.0, 1.0)
   _check_range(config, "width_multiplier", 0.0, 4.0, lo_open=True)

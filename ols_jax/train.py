@@ -44,6 +44,7 @@ from ols_jax import hooks as hooks_lib
 from ols_jax import host
 from ols_jax import losses
 from ols_jax import models
+from ols_jax.models import torchvision_weights as tv_weights
 from ols_jax import ols
 from ols_jax import parallel
 from ols_jax import report as report_lib
@@ -85,13 +86,34 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
 
 
 def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """SGD (momentum, coupled L2 weight decay as in PyTorch) or AdamW."""
+  """SGD (momentum, coupled L2 weight decay as in PyTorch) or AdamW.
+
+  With ``config.freeze_backbone`` only the classifier head
+  (``models.HEAD_NAMES``) is updated; with ``config.backbone_lr_multiplier``
+  != 1 every other parameter's update is scaled by it (a PyTorch parameter
+  group with ``lr * multiplier``: weight decay and momentum included), via
+  ``optax.multi_transform``.
+  """
   if config.optimizer == "sgd":
-    return optax.chain(
+    base = optax.chain(
         optax.add_decayed_weights(config.weight_decay),
         optax.sgd(schedule, momentum=config.momentum or None,
                   nesterov=bool(config.nesterov)))
-  return optax.adamw(schedule, weight_decay=config.weight_decay)
+  else:
+    base = optax.adamw(schedule, weight_decay=config.weight_decay)
+  multiplier = float(config.get("backbone_lr_multiplier", 1.0))
+  frozen = bool(config.get("freeze_backbone", False))
+  if not frozen and multiplier == 1.0:
+    return base
+  if frozen or multiplier == 0.0:
+    backbone = optax.set_to_zero()
+  else:
+    backbone = optax.chain(base, optax.scale(multiplier))
+  head = models.HEAD_NAMES[config.model]
+  return optax.multi_transform(
+      {"head": base, "backbone": backbone},
+      lambda params: {k: jax.tree.map(lambda _, k=k: "head" if k == head else "backbone", v)
+                      for k, v in params.items()})
 
 
 def _dataset(config) -> data_lib.Dataset:
@@ -386,6 +408,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                      dp.soft_labels(state))
   progress = Progress(steps_per_epoch * config.num_epochs, enabled=config.progress,
                       stream=sys.stderr)
+  if init_record and loop.epoch == 0:
+    progress.message(f"init_from {config.init_from}: kept fresh "
+                     f"{init_record['kept_fresh'] or 'nothing'}"
+                     + "".join(f"; {a}" for a in init_record.get("adapted", [])))
   run = RunContext(config=config, workdir=workdir, dataset=dataset,
                    devices=tuple(devices), spec=spec, schedule=schedule,
                    steps_per_epoch=steps_per_epoch, flip_labels=flip_labels, dp=dp,
@@ -521,10 +547,12 @@ def merge_pretrained(fresh: Any, pretrained: Any) -> tuple[Any, list[str]]:
 
 
 def _init_from(config, state) -> tuple[Any, Optional[dict[str, Any]]]:
-  """``state`` with the selected weights of ``config.init_from``'s finished run.
+  """``state`` with the weights of ``config.init_from``.
 
-  Every parameter and BatchNorm statistic of the same path and shape is
-  copied; the rest (a head of another class count) keeps its fresh value.
+  A finished run's workdir: every parameter and BatchNorm statistic of its
+  selected checkpoint with the same path and shape is copied; the rest (a head
+  of another class count) keeps its fresh value. A torchvision ``.pth`` /
+  ``.safetensors`` file: :func:`ols_jax.models.torchvision_weights.load`.
   The optimiser state is rebuilt for the new parameters; S starts as
   configured.
 
@@ -538,6 +566,19 @@ def _init_from(config, state) -> tuple[Any, Optional[dict[str, Any]]]:
   if not source:
     return state, None
   path = pathlib.Path(source)
+  if tv_weights.is_weight_file(path):
+    if float(config.width_multiplier) != 1.0:
+      raise config_lib.ConfigError(
+          f"config.init_from: {path.name} holds torchvision's width-1.0 weights; this run "
+          f"has width_multiplier={config.width_multiplier} (set it to 1.0)")
+    try:
+      params, stats, record = tv_weights.load(
+          path, config.model, state.params, state.batch_stats,
+          small_input=bool(config.small_input))
+    except tv_weights.WeightImportError as e:
+      raise config_lib.ConfigError(f"config.init_from: {e}") from None
+    state = state.replace(params=params, batch_stats=stats, opt_state=state.tx.init(params))
+    return state, {**record, "file": source}
   src_config = runs.read_config(path)
   for key in ("model", "width_multiplier", "small_input"):
     if src_config.get(key) != config.get(key):

@@ -55,11 +55,19 @@ _ALIASES = {_normalise(name): name for name in MODEL_NAMES}
 # Options every model accepts (a model where one has no meaning ignores it).
 OPTION_NAMES = ('small_input', 'width_multiplier', 'dropout_rate', 'dtype',
                 'bn_axis_name', 'zero_init_residual', 'bn_momentum',
-                'bn_epsilon')
+                'bn_epsilon', 'freeze_bn')
 
 _SHARED_OPTIONS = ('small_input', 'width_multiplier', 'dropout_rate', 'dtype')
-_BN_OPTIONS = ('bn_axis_name', 'bn_momentum', 'bn_epsilon')
+_BN_OPTIONS = ('bn_axis_name', 'bn_momentum', 'bn_epsilon', 'freeze_bn')
 _RESIDUAL_OPTIONS = _SHARED_OPTIONS + _BN_OPTIONS + ('zero_init_residual',)
+
+# The classifier layer of each model: what a backbone learning-rate multiplier
+# or a frozen backbone leaves at the full learning rate.
+HEAD_NAMES: Dict[str, str] = {
+    'resnet18': 'fc', 'resnet34': 'fc', 'resnet50': 'fc',
+    'mobilenet_v2': 'classifier', 'vgg19': 'fc2', 'vgg19_bn': 'fc2',
+    'tiny_cnn': 'classifier',
+}
 
 # The options that change each model (the rest of OPTION_NAMES it ignores).
 _USED_OPTIONS: Dict[str, tuple] = {
@@ -172,7 +180,7 @@ def from_config(config: Any, num_classes: int,
   Args:
     config: a run config (``model``, ``small_input``, ``width_multiplier``,
       ``dtype``, ``dropout_rate`` (< 0: the model's default),
-      ``zero_init_residual``).
+      ``zero_init_residual``, ``freeze_backbone``: BatchNorm statistics frozen).
     num_classes: number of output logits.
     bn_axis_name: the pmap axis that BatchNorm averages over, or None.
 
@@ -180,6 +188,7 @@ def from_config(config: Any, num_classes: int,
     An unbound Flax module (:func:`create`).
   """
   options = {'small_input': bool(config.small_input),
+             'freeze_bn': bool(config.get('freeze_backbone', False)),
              'width_multiplier': float(config.width_multiplier),
              'dtype': jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32,
              'zero_init_residual': bool(config.zero_init_residual),
@@ -205,7 +214,7 @@ def count_params(params: Any) -> int:
 
 
 __all__ = [
-    'BasicBlock', 'Bottleneck', 'CANONICAL_PARAM_COUNTS', 'InvertedResidual',
+    'BasicBlock', 'Bottleneck', 'CANONICAL_PARAM_COUNTS', 'HEAD_NAMES', 'InvertedResidual',
     'MODEL_NAMES',
     'MobileNetV2', 'OPTION_NAMES', 'ResNet', 'TinyCNN', 'UnknownOptionError',
     'VGG', 'common', 'count_params', 'create', 'from_config', 'mobilenet_v2',

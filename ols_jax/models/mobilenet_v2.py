@@ -87,6 +87,8 @@ class MobileNetV2(nn.Module):
     zero_init_residual: zero gamma of the last BN of residual blocks.
     bn_momentum: running-average decay (Flax convention).
     bn_epsilon: BatchNorm epsilon.
+    freeze_bn: BatchNorm always uses (and keeps) its running statistics, also
+      in training (a frozen backbone).
   """
   num_classes: int = 1000
   small_input: bool = False
@@ -97,6 +99,7 @@ class MobileNetV2(nn.Module):
   zero_init_residual: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  freeze_bn: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
@@ -113,8 +116,9 @@ class MobileNetV2(nn.Module):
       ``(B, D)`` float32 pooled features (before dropout).
     """
     common.check_input(x, 'MobileNetV2')
+    bn_train = train and not self.freeze_bn
     norm = lambda name: common.batch_norm(  # noqa: E731
-        train, dtype=self.dtype, momentum=self.bn_momentum,
+        bn_train, dtype=self.dtype, momentum=self.bn_momentum,
         epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, name=name)
     x = jnp.asarray(x, self.dtype)
     width = self.width_multiplier
@@ -137,7 +141,7 @@ class MobileNetV2(nn.Module):
             bn_epsilon=self.bn_epsilon,
             bn_axis_name=self.bn_axis_name,
             zero_init_residual=self.zero_init_residual,
-            name=f'block{index}')(x, train=train)
+            name=f'block{index}')(x, train=bn_train)
         index += 1
     x = common.conv(last, 1, dtype=self.dtype, name='head_conv')(x)
     x = nn.relu6(norm('head_bn')(x))

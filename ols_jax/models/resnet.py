@@ -110,6 +110,8 @@ class ResNet(nn.Module):
     zero_init_residual: zero gamma of the last BN of every block.
     bn_momentum: running-average decay (Flax convention, 0.9 = torch 0.1).
     bn_epsilon: BatchNorm epsilon.
+    freeze_bn: BatchNorm always uses (and keeps) its running statistics, also
+      in training (a frozen backbone).
   """
   stage_sizes: Sequence[int]
   block_cls: Type[nn.Module]
@@ -122,6 +124,7 @@ class ResNet(nn.Module):
   zero_init_residual: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  freeze_bn: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
@@ -145,7 +148,8 @@ class ResNet(nn.Module):
       x = common.conv(stem, 3, dtype=self.dtype, name='conv1')(x)
     else:
       x = common.conv(stem, 7, strides=2, dtype=self.dtype, name='conv1')(x)
-    x = common.batch_norm(train, dtype=self.dtype, momentum=self.bn_momentum,
+    bn_train = train and not self.freeze_bn
+    x = common.batch_norm(bn_train, dtype=self.dtype, momentum=self.bn_momentum,
                           epsilon=self.bn_epsilon,
                           axis_name=self.bn_axis_name, name='bn1')(x)
     x = nn.relu(x)
@@ -163,7 +167,7 @@ class ResNet(nn.Module):
             bn_epsilon=self.bn_epsilon,
             bn_axis_name=self.bn_axis_name,
             zero_init_residual=self.zero_init_residual,
-            name=f'layer{stage + 1}_{block}')(x, train=train)
+            name=f'layer{stage + 1}_{block}')(x, train=bn_train)
     return common.classifier_head(
         common.global_avg_pool(x), num_classes=self.num_classes,
         dropout_rate=self.dropout_rate, train=train, dtype=self.dtype,

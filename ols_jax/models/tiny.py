@@ -30,6 +30,7 @@ class TinyCNN(nn.Module):
       residual blocks).
     bn_momentum: running-average decay (Flax convention).
     bn_epsilon: BatchNorm epsilon.
+    freeze_bn: BatchNorm always uses (and keeps) its running statistics.
   """
   num_classes: int = 10
   small_input: bool = False
@@ -40,6 +41,7 @@ class TinyCNN(nn.Module):
   zero_init_residual: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  freeze_bn: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
@@ -60,7 +62,8 @@ class TinyCNN(nn.Module):
       strides = 1 if (i == 0 and self.small_input) else 2
       x = common.conv(common.scale_width(width, self.width_multiplier), 3,
                       strides=strides, dtype=self.dtype, name=f'conv{i}')(x)
-      x = common.batch_norm(train, dtype=self.dtype, momentum=self.bn_momentum,
+      x = common.batch_norm(train and not self.freeze_bn, dtype=self.dtype,
+                            momentum=self.bn_momentum,
                             epsilon=self.bn_epsilon,
                             axis_name=self.bn_axis_name, name=f'bn{i}')(x)
       x = nn.relu(x)

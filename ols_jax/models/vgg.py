@@ -44,6 +44,8 @@ class VGG(nn.Module):
       blocks, so it has no effect.
     bn_momentum: running-average decay (Flax convention).
     bn_epsilon: BatchNorm epsilon.
+    freeze_bn: BatchNorm always uses (and keeps) its running statistics, also
+      in training (a frozen backbone).
   """
   config: Sequence[Union[int, str]] = VGG19_CONFIG
   num_classes: int = 1000
@@ -56,6 +58,7 @@ class VGG(nn.Module):
   zero_init_residual: bool = False
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  freeze_bn: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False,
@@ -101,7 +104,7 @@ class VGG(nn.Module):
       x = common.conv(features, 3, use_bias=True, dtype=self.dtype,
                       name=f'conv{conv_index}')(x)
       if self.batch_norm:
-        x = common.batch_norm(train, dtype=self.dtype,
+        x = common.batch_norm(train and not self.freeze_bn, dtype=self.dtype,
                               momentum=self.bn_momentum,
                               epsilon=self.bn_epsilon,
                               axis_name=self.bn_axis_name,

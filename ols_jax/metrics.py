@@ -272,12 +272,42 @@ def _check_probs(probs, labels):
   return probs, labels
 
 
+def adaptive_ece_from_confidence(conf: np.ndarray, correct: np.ndarray,
+                                 num_bins: int = 15) -> float:
+  """Top-label ECE with equal-mass (adaptive) bins, from per-example records.
+
+  The examples are sorted by confidence (stable) and split into
+  ``min(num_bins, N)`` groups the way ``np.array_split`` splits them (the
+  first ``N % B`` groups one longer). The one home of adaptive ECE:
+  :func:`adaptive_ece` and the study's per-example records both call it.
+
+  Args:
+    conf: ``(N,)`` top-label confidences.
+    correct: ``(N,)`` 1 where the top label is the true one.
+    num_bins: number of bins.
+
+  Returns:
+    ``sum_b |hits_b - conf_b| / N``; NaN for an empty set.
+
+  References:
+    Nixon et al., "Measuring Calibration in Deep Learning", CVPR-W 2019.
+  """
+  conf = np.asarray(conf, np.float64)
+  n = conf.shape[0]
+  if n == 0:
+    return float("nan")
+  order = np.argsort(conf, kind="stable")
+  groups = min(num_bins, n)
+  size, extra = divmod(n, groups)
+  starts = np.arange(groups) * size + np.minimum(np.arange(groups), extra)
+  hit = np.add.reduceat(np.asarray(correct, np.float64)[order], starts)
+  mass = np.add.reduceat(conf[order], starts)
+  return float(np.abs(hit - mass).sum() / n)
+
+
 def adaptive_ece(probs: np.ndarray, labels: np.ndarray,
                  num_bins: int = 15) -> float:
-  """Top-label ECE with equal-mass (adaptive) bins.
-
-  The samples are sorted by confidence (stable) and split into ``num_bins``
-  groups of (almost) equal size, as ``np.array_split`` does.
+  """Top-label ECE with equal-mass bins (:func:`adaptive_ece_from_confidence`).
 
   Args:
     probs: ``(N, K)`` probabilities.
@@ -286,21 +316,39 @@ def adaptive_ece(probs: np.ndarray, labels: np.ndarray,
 
   Returns:
     ``sum_b n_b / N * |acc_b - conf_b|``; NaN for an empty set.
-
-  References:
-    Nixon et al., "Measuring Calibration in Deep Learning", CVPR-W 2019.
   """
   probs, labels = _check_probs(probs, labels)
-  n = probs.shape[0]
-  if n == 0:
+  return adaptive_ece_from_confidence(
+      probs.max(axis=1), (probs.argmax(axis=1) == labels).astype(np.float64), num_bins)
+
+
+def host_bin_sums(conf: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> dict:
+  """The top-label bin sums of :func:`eval_sums`, on the host from records.
+
+  Bins by :func:`bin_edges` as the on-device sums do (float32 comparison).
+
+  Returns:
+    ``bin_count``, ``bin_conf``, ``bin_correct`` (each ``(num_bins,)``) and
+    ``count``: what :func:`reliability_curve` and :func:`ece_from_sums` read.
+  """
+  conf = np.asarray(conf)
+  edges = bin_edges(num_bins)
+  bins = np.searchsorted(edges, conf.astype(np.float32), side="right")
+  return {"bin_count": np.bincount(bins, minlength=num_bins).astype(np.float64),
+          "bin_conf": np.bincount(bins, weights=conf, minlength=num_bins),
+          "bin_correct": np.bincount(bins, weights=np.asarray(correct, np.float64),
+                                     minlength=num_bins),
+          "count": float(len(conf))}
+
+
+def ece_from_sums(sums: Mapping[str, Any]) -> float:
+  """Top-label ECE from bin sums (on-device :func:`eval_sums` or
+  :func:`host_bin_sums`): the one home of ECE; NaN for no example."""
+  s = _host(sums)
+  n = float(s.get("count", np.sum(s["bin_count"])))
+  if n <= 0:
     return float("nan")
-  conf = probs.max(axis=1)
-  hit = (probs.argmax(axis=1) == labels).astype(np.float64)
-  order = np.argsort(conf, kind="stable")
-  total = 0.0
-  for group in np.array_split(order, min(num_bins, n)):
-    total += abs(np.sum(hit[group]) - np.sum(conf[group]))
-  return float(total / n)
+  return _ece_terms(s["bin_count"], s["bin_conf"], s["bin_correct"], n)[0]
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
@@ -318,6 +366,9 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
 
 def binary_auroc(scores: np.ndarray, positives: np.ndarray) -> float:
   """Area under the ROC curve via the Mann-Whitney U statistic.
+
+  The one home of AUROC (class-wise here, OOD separation in
+  :func:`ols_jax.ood.auroc`).
 
   Args:
     scores: ``(N,)`` scores (higher = more positive).

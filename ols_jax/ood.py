@@ -35,6 +35,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ols_jax import metrics as metrics_lib
+
 SCORES = ("msp", "energy", "mahalanobis")
 # Keys of the dict that fit_mahalanobis returns (all NumPy arrays).
 MAHALANOBIS_KEYS = ("means", "precision", "class_present")
@@ -275,13 +277,8 @@ def auroc(in_scores, out_scores) -> float:
   """
   s_in = _check_scores(in_scores, "in_scores")
   s_out = _check_scores(out_scores, "out_scores")
-  both = np.concatenate([s_in, s_out])
-  _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
-  # Average 1-based rank of each tie group.
-  group_rank = np.cumsum(counts) - 0.5 * (counts - 1)
-  rank_sum = float(group_rank[inverse.reshape(-1)[:s_in.size]].sum())
-  n_in, n_out = s_in.size, s_out.size
-  return (rank_sum - n_in * (n_in + 1) / 2.0) / (n_in * n_out)
+  return metrics_lib.binary_auroc(np.concatenate([s_in, s_out]),
+                                  np.arange(s_in.size + s_out.size) < s_in.size)
 
 
 def fpr_at_tpr(in_scores, out_scores, tpr: float = 0.95) -> float:

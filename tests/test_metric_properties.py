@@ -58,3 +58,26 @@ def test_the_on_device_ece_equals_the_records_ece():
   probs = np.asarray(jax.nn.softmax(logits))
   np.testing.assert_allclose(stats.metric(rec, "adaptive_ece"),
                              metrics.adaptive_ece(probs, labels, num_bins=15), rtol=1e-5)
+
+
+def test_adaptive_ece_matches_array_split_reference():
+  rng = np.random.default_rng(2)
+  for n in (1, 7, 15, 16, 301):
+    conf = rng.uniform(0.2, 1.0, n)
+    correct = (rng.uniform(size=n) < conf).astype(float)
+    order = np.argsort(conf, kind="stable")
+    want = sum(abs(correct[g].sum() - conf[g].sum())
+               for g in np.array_split(order, min(15, n))) / n
+    np.testing.assert_allclose(metrics.adaptive_ece_from_confidence(conf, correct), want,
+                               rtol=1e-12)
+  assert np.isnan(metrics.adaptive_ece_from_confidence(np.zeros(0), np.zeros(0)))
+
+
+def test_ood_auroc_is_the_binary_auroc_of_in_versus_out():
+  from ols_jax import ood  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  s_in, s_out = np.round(rng.normal(1, 1, 60), 1), np.round(rng.normal(0, 1, 40), 1)  # ties
+  pairs = np.mean([(a > b) + 0.5 * (a == b) for a in s_in for b in s_out])
+  np.testing.assert_allclose(ood.auroc(s_in, s_out), pairs, rtol=1e-12)
+  np.testing.assert_allclose(metrics.binary_auroc(np.r_[s_in, s_out],
+                                                  np.arange(100) < 60), pairs, rtol=1e-12)

@@ -79,46 +79,18 @@ def example_records(logits: np.ndarray, labels: np.ndarray,
 
 
 def bin_sums(conf: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> dict:
-  """Per-bin sums of per-example records, binned as :mod:`ols_jax.metrics` bins.
-
-  Returns:
-    ``bin_count``, ``bin_conf``, ``bin_correct`` (each ``(num_bins,)``) and
-    ``count``: the sums :func:`ols_jax.metrics.reliability_curve` reads.
-  """
-  conf = np.asarray(conf)
-  edges = metrics_lib.bin_edges(num_bins)
-  bins = np.searchsorted(edges, conf.astype(np.float32), side="right")
-  return {"bin_count": np.bincount(bins, minlength=num_bins).astype(np.float64),
-          "bin_conf": np.bincount(bins, weights=conf, minlength=num_bins),
-          "bin_correct": np.bincount(bins, weights=np.asarray(correct, np.float64),
-                                     minlength=num_bins),
-          "count": float(len(conf))}
+  """Per-bin sums of per-example records (:func:`ols_jax.metrics.host_bin_sums`)."""
+  return metrics_lib.host_bin_sums(conf, correct, num_bins)
 
 
 def ece(conf: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> float:
-  """Top-label ECE, equal-width bins as :mod:`ols_jax.metrics` bins them."""
-  s = bin_sums(conf, correct, num_bins)
-  return float(np.abs(s["bin_correct"] - s["bin_conf"]).sum() / max(len(conf), 1))
+  """Top-label ECE of records (:func:`ols_jax.metrics.ece_from_sums`)."""
+  return metrics_lib.ece_from_sums(metrics_lib.host_bin_sums(conf, correct, num_bins))
 
 
 def adaptive_ece(conf: np.ndarray, correct: np.ndarray, num_bins: int = 15) -> float:
-  """Top-label ECE with equal-mass bins, as :func:`ols_jax.metrics.adaptive_ece`.
-
-  The examples are sorted by confidence (stable sort) and split into
-  ``min(num_bins, N)`` groups the way ``np.array_split`` splits them (the first
-  ``N % B`` groups one longer); NaN for no example.
-  """
-  conf = np.asarray(conf, np.float64)
-  n = conf.shape[0]
-  if n == 0:
-    return float("nan")
-  order = np.argsort(conf, kind="stable")
-  groups = min(num_bins, n)
-  size, extra = divmod(n, groups)
-  starts = np.arange(groups) * size + np.minimum(np.arange(groups), extra)
-  hit = np.add.reduceat(np.asarray(correct, np.float64)[order], starts)
-  mass = np.add.reduceat(conf[order], starts)
-  return float(np.abs(hit - mass).sum() / n)
+  """Adaptive ECE of records (:func:`ols_jax.metrics.adaptive_ece_from_confidence`)."""
+  return metrics_lib.adaptive_ece_from_confidence(conf, correct, num_bins)
 
 
 def available(records: Optional[Mapping[str, np.ndarray]], name: str) -> bool:

@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ols_jax.config import ConfigError
+from ols_jax import run_files
 
 def _os_error_code(e: Exception) -> Optional[int]:
   """The errno of a failed write (tensorstore reports it inside a ValueError)."""
@@ -68,7 +69,7 @@ class Checkpointer:
   """Saves and restores ``(TrainState, meta)`` in a workdir."""
 
   def __init__(self, workdir: pathlib.Path):
-    root = pathlib.Path(workdir).resolve() / "checkpoints"
+    root = pathlib.Path(workdir).resolve() / run_files.CHECKPOINTS
     self._root = root
     self._last = ocp.CheckpointManager(
         root / "last", options=ocp.CheckpointManagerOptions(
@@ -153,7 +154,7 @@ def check_compatible(state, *, model_name: str, num_classes: int) -> None:
 
 def _restore_selected(workdir: pathlib.Path) -> Optional[tuple[pathlib.Path, dict]]:
   """``(folder, raw tree)`` of a run's best checkpoint (else its newest), or None."""
-  root = pathlib.Path(workdir).resolve() / "checkpoints"
+  root = pathlib.Path(workdir).resolve() / run_files.CHECKPOINTS
   for sub in ("best", "last"):
     path = root / sub
     if not path.is_dir():
@@ -224,7 +225,7 @@ def restore_selected_variables(workdir: pathlib.Path, abstract_variables,
   errors = _RESTORE_ERRORS[role]
   found = _restore_selected(workdir)
   if found is None:
-    root = pathlib.Path(workdir).resolve() / "checkpoints"
+    root = pathlib.Path(workdir).resolve() / run_files.CHECKPOINTS
     raise ConfigError(errors["missing"].format(workdir=workdir, root=root))
   path, out = found
   k = np.shape(out["ols"]["soft_labels"])[-1]

@@ -300,7 +300,7 @@ def predict_to_file(workdir: str | os.PathLike, input_path: str | os.PathLike,
     conformal_alpha: miscoverage level (None: the run's ``conformal_alpha``).
     ood: add each row's OOD score and flag (:func:`ols_jax.runs.ood_rule`).
     ood_score: ``'mahalanobis'``, ``'energy'``, ``'msp'`` or None (Mahalanobis
-      when the run saved :data:`ols_jax.runs.OOD_FIT`, else energy).
+      when the run saved :data:`ols_jax.run_files.OOD_FIT`, else energy).
     skip_bad: skip unreadable inputs (reported through ``log``).
     batch_size: global batch (0: the run's ``eval_batch_size``).
     progress: a progress line on stderr for long inputs.

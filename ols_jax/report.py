@@ -15,6 +15,7 @@ import numpy as np
 from ols_jax import embeddings as embeddings_lib
 from ols_jax import fileio
 from ols_jax import plots
+from ols_jax import run_files
 from ols_jax.logging_utils import read_metrics
 
 # Every metric column of a run's report and of the study tables: (key, header
@@ -139,7 +140,7 @@ def _figures(workdir: pathlib.Path, evaluated, tsne_samples: int) -> list[str]:
   """Draws the run's PNG figures into ``workdir/figures``; returns their paths."""
   summary = evaluated.summary
   test_out = evaluated.test_outputs
-  fig_dir = workdir / "figures"
+  fig_dir = workdir / run_files.FIGURES
   names = summary["class_names"]
   method = summary["method"]
   made = [
@@ -152,7 +153,7 @@ def _figures(workdir: pathlib.Path, evaluated, tsne_samples: int) -> list[str]:
                 f"(T={summary['temperature']:.2f})"),
       _risk_coverage_figure(evaluated, fig_dir / "risk_coverage_test.png"),
   ]
-  records = [r for r in read_metrics(workdir / "metrics.jsonl") if "eval/ece" in r]
+  records = [r for r in read_metrics(workdir / run_files.METRICS) if "eval/ece" in r]
   if records:
     made.append(plots.training_curves(records, fig_dir / "training_curves.png",
                                       title=f"{method} / {summary['model']}"))
@@ -187,7 +188,7 @@ def write_report(workdir: pathlib.Path, config, evaluated) -> None:
   if jax.process_index():
     return
   workdir = pathlib.Path(workdir)
-  (workdir / "figures").mkdir(exist_ok=True)
+  (workdir / run_files.FIGURES).mkdir(exist_ok=True)
   summary = evaluated.summary
   method = summary["method"]
   made = _figures(workdir, evaluated, config.tsne_samples) if config.figures else []
@@ -228,4 +229,4 @@ def write_report(workdir: pathlib.Path, config, evaluated) -> None:
   if made:
     lines += ["", "## Figures", ""]
     lines += [f"![{pathlib.Path(p).stem}](figures/{pathlib.Path(p).name})" for p in made]
-  fileio.atomic_write_text(workdir / "report.md", "\n".join(lines) + "\n")
+  fileio.atomic_write_text(workdir / run_files.REPORT, "\n".join(lines) + "\n")

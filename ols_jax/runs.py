@@ -44,11 +44,11 @@ from ols_jax import losses
 from ols_jax import models
 from ols_jax import ood as ood_lib
 from ols_jax import parallel
+from ols_jax import run_files
 from ols_jax import selective
 from ols_jax.config import ConfigError
 
 # The Mahalanobis fit and OOD thresholds a finished run saves (train.write_outputs).
-OOD_FIT = "ood_fit.npz"
 # OOD scores a rule can use (predict's --ood_score choices), the default first.
 OOD_SCORES = ("mahalanobis", "energy", "msp")
 
@@ -110,7 +110,7 @@ def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   Raises:
     ConfigError: the file is unreadable.
   """
-  return ml_collections.ConfigDict(_read_json(pathlib.Path(workdir) / "config.json"))
+  return ml_collections.ConfigDict(_read_json(pathlib.Path(workdir) / run_files.CONFIG))
 
 
 def restore_model(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
@@ -158,13 +158,13 @@ def load(workdir: str | os.PathLike) -> FinishedRun:
   workdir = pathlib.Path(workdir)
   if not workdir.is_dir():
     raise ConfigError(f"workdir {workdir}: not found")
-  if not (workdir / "config.json").is_file():
+  if not (workdir / run_files.CONFIG).is_file():
     raise ConfigError(f"workdir {workdir}: no config.json (not a training run)")
-  if not (workdir / "results.json").is_file():
+  if not (workdir / run_files.RESULTS).is_file():
     raise ConfigError(f"workdir {workdir}: no results.json (the run has not "
                       f"finished; rerun its training command to finish it)")
   config = read_config(workdir)
-  results = _read_json(workdir / "results.json")
+  results = _read_json(workdir / run_files.RESULTS)
   for key in ("class_names", "temperature"):
     if not isinstance(results, dict) or key not in results:
       raise ConfigError(f"{workdir / 'results.json'}: no {key!r} (not the "
@@ -186,7 +186,7 @@ def val_outputs(run: FinishedRun) -> Optional[tuple[np.ndarray, np.ndarray]]:
   Raises:
     ConfigError: the file is there but unreadable.
   """
-  path = run.workdir / selective.VAL_OUTPUTS
+  path = run.workdir / run_files.VAL_OUTPUTS
   if not path.is_file():
     return None
   try:
@@ -204,7 +204,7 @@ def abstention_threshold(run: FinishedRun, *, temperature: bool = True,
   The run's stored threshold (chosen on validation with temperature-scaled
   probabilities) when that is what is asked for; otherwise a new one chosen
   with the same rule on the validation outputs the run saved
-  (:data:`ols_jax.selective.VAL_OUTPUTS`).
+  (:data:`ols_jax.run_files.VAL_OUTPUTS`).
 
   Args:
     run: the run.
@@ -240,10 +240,10 @@ def abstention_threshold(run: FinishedRun, *, temperature: bool = True,
                       f"--no_abstain")
   if not temperature:
     raise ConfigError(f"--no_temperature: workdir {run.workdir} saved no validation "
-                      f"outputs ({selective.VAL_OUTPUTS}) to choose a threshold for "
+                      f"outputs ({run_files.VAL_OUTPUTS}) to choose a threshold for "
                       f"raw confidences; pass --no_abstain too")
   note = (f"note: workdir {run.workdir} saved no validation outputs "
-          f"({selective.VAL_OUTPUTS}) to choose a threshold for a target accuracy "
+          f"({run_files.VAL_OUTPUTS}) to choose a threshold for a target accuracy "
           f"of {target}; using the stored threshold {stored['threshold']:.4f} "
           f"(target {stored['target_accuracy']})")
   return float(stored["threshold"]), float(stored["target_accuracy"]), note
@@ -264,7 +264,7 @@ def conformal_threshold(run: FinishedRun, *, method: str = "aps",
   """``qhat`` of split-conformal sets for the probabilities predict publishes.
 
   Calibrated on the run's saved validation outputs
-  (:data:`ols_jax.selective.VAL_OUTPUTS`) with the same temperature as the
+  (:data:`ols_jax.run_files.VAL_OUTPUTS`) with the same temperature as the
   rows (so it works for runs from before conformal sets too). A run without
   them falls back on the ``qhat`` of its ``results.json`` when that one
   matches (temperature-scaled, same alpha).
@@ -296,7 +296,7 @@ def conformal_threshold(run: FinishedRun, *, method: str = "aps",
     return (math.inf if qhat is None else float(qhat)), alpha
   what = " on raw probabilities" if not temperature else ""
   raise ConfigError(f"workdir {run.workdir}: no validation outputs "
-                    f"({selective.VAL_OUTPUTS}) to calibrate {method.upper()} prediction "
+                    f"({run_files.VAL_OUTPUTS}) to calibrate {method.upper()} prediction "
                     f"sets at alpha {alpha}{what}, and results.json holds no matching "
                     f"qhat; pass --no_sets")
 
@@ -337,7 +337,7 @@ def _read_ood_fit(path: pathlib.Path) -> dict[str, np.ndarray]:
 def ood_rule(run: FinishedRun, score: Optional[str] = None) -> OodRule:
   """The OOD score and threshold for a run.
 
-  With the run's :data:`OOD_FIT` (saved by the final evaluation): its
+  With the run's :data:`run_files.OOD_FIT` (saved by the final evaluation): its
   threshold for the score, and its Mahalanobis fit; the default score is then
   ``'mahalanobis'``. Without it (a run from before OOD scores): ``'energy'``
   by default, with the threshold chosen on the saved validation logits at
@@ -355,7 +355,7 @@ def ood_rule(run: FinishedRun, score: Optional[str] = None) -> OodRule:
     ConfigError: a bad score, or no file to take the threshold from.
   """
   check_ood_score(score)
-  path = run.workdir / OOD_FIT
+  path = run.workdir / run_files.OOD_FIT
   saved = _read_ood_fit(path) if path.is_file() else None
   score = score or ("mahalanobis" if saved is not None else "energy")
   if saved is not None:
@@ -367,16 +367,16 @@ def ood_rule(run: FinishedRun, score: Optional[str] = None) -> OodRule:
       raise ConfigError(f"{path}: no {missing[0]!r} (keys: {', '.join(sorted(saved))})")
     fit = ({k: saved[f"mahalanobis_{k}"] for k in ood_lib.MAHALANOBIS_KEYS}
            if score == "mahalanobis" else None)
-    return OodRule(score=score, threshold=float(saved[key]), source=OOD_FIT, fit=fit)
+    return OodRule(score=score, threshold=float(saved[key]), source=run_files.OOD_FIT, fit=fit)
   if score == "mahalanobis":
-    raise ConfigError(f"--ood_score=mahalanobis: workdir {run.workdir} has no {OOD_FIT} "
+    raise ConfigError(f"--ood_score=mahalanobis: workdir {run.workdir} has no {run_files.OOD_FIT} "
                       f"(a run from before OOD scores); use --ood_score=energy or msp")
   val = val_outputs(run)
   if val is None:
-    raise ConfigError(f"workdir {run.workdir}: neither {OOD_FIT} nor "
-                      f"{selective.VAL_OUTPUTS} to set an OOD threshold from; pass --no_ood")
+    raise ConfigError(f"workdir {run.workdir}: neither {run_files.OOD_FIT} nor "
+                      f"{run_files.VAL_OUTPUTS} to set an OOD threshold from; pass --no_ood")
   threshold = ood_lib.threshold_at_tpr(ood_scores(score, val[0]), evaluation.OOD_TPR)
-  return OodRule(score=score, threshold=threshold, source=selective.VAL_OUTPUTS)
+  return OodRule(score=score, threshold=threshold, source=run_files.VAL_OUTPUTS)
 
 
 def ood_scores(score: str, logits: np.ndarray, embeddings: Optional[np.ndarray] = None,

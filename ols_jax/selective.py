@@ -39,12 +39,11 @@ import numpy as np
 
 from ols_jax import calibration
 from ols_jax import fileio
+from ols_jax import run_files
 
 # Above every probability: a threshold that accepts nothing (the next float32
 # after 1, so it stays above 1 when compared with float32 confidences).
 ABSTAIN_ALL = float(np.nextafter(np.float32(1.0), np.float32(2.0)))
-# Validation outputs of a finished run (logits and labels), for new thresholds.
-VAL_OUTPUTS = "val_outputs.npz"
 
 
 def probabilities(logits, temperature: float = 1.0) -> np.ndarray:
@@ -203,7 +202,7 @@ def abstention(val_confidence, val_correct, test_confidence, test_correct, *,
 
 def save_val_outputs(workdir: str | os.PathLike, logits, labels) -> pathlib.Path:
   """Writes the validation logits and labels atomically (for new thresholds)."""
-  path = pathlib.Path(workdir) / VAL_OUTPUTS
+  path = pathlib.Path(workdir) / run_files.VAL_OUTPUTS
   fileio.atomic_save_npz(path, logits=np.asarray(logits, np.float32),
                          label=np.asarray(labels, np.int64))
   return path

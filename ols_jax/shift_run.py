@@ -19,6 +19,7 @@ import numpy as np
 from ols_jax import corruptions
 from ols_jax import data as data_lib
 from ols_jax import evaluation
+from ols_jax import run_files
 from ols_jax import runs
 from ols_jax import shift
 from ols_jax.data import sources
@@ -109,7 +110,7 @@ def shift_to_files(workdir: str | os.PathLike, output: str | os.PathLike, *,
 
   records = evaluate_run(workdir, names=names, severities=severities, devices=devices,
                          on_record=progress)
-  results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
+  results = json.loads((pathlib.Path(workdir) / run_files.RESULTS).read_text())
   about = {k: results.get(k, "?") for k in ("method", "model", "dataset")}
   shift.write_outputs(records, output, figure,
                 title=f"{about['method']} / {about['model']} on {about['dataset']} "

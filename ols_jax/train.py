@@ -48,6 +48,7 @@ from ols_jax.models import torchvision_weights as tv_weights
 from ols_jax import ols
 from ols_jax import parallel
 from ols_jax import report as report_lib
+from ols_jax import run_files
 from ols_jax import runs
 from ols_jax import selective
 from ols_jax import shift as shift_lib
@@ -216,7 +217,7 @@ def _check_config_against_workdir(config, workdir: pathlib.Path,
 
   With ``write``, then saves the current config as ``config.json``.
   """
-  path = workdir / "config.json"
+  path = workdir / run_files.CONFIG
   current = json.loads(config.to_json_best_effort())
   if path.exists():
     try:
@@ -258,7 +259,7 @@ def load_teacher(config, num_classes: int, channels: int):
       class count or model.
   """
   tdir = pathlib.Path(config.teacher_workdir)
-  if not (tdir / "config.json").exists():
+  if not (tdir / run_files.CONFIG).exists():
     raise config_lib.ConfigError(
         f"config.teacher_workdir: no config.json in {tdir} (expected a finished run)")
   model, variables, _ = runs.restore_model(tdir, runs.read_config(tdir), num_classes,
@@ -400,11 +401,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   state, loop = _restore(checkpointer, state, config, k)
   start_time -= loop.elapsed_s
   _check_config_against_workdir(config, workdir)
-  writer = MetricWriter(workdir / "metrics.jsonl", truncate_after_step=int(state.step),
-                        tensorboard_dir=workdir / "tensorboard" if config.tensorboard else None)
+  writer = MetricWriter(workdir / run_files.METRICS, truncate_after_step=int(state.step),
+                        tensorboard_dir=workdir / run_files.TENSORBOARD if config.tensorboard else None)
   state = dp.to_device(state)
-  if not (workdir / "soft_labels" / "epoch_000_initial.npy").exists():
-    _save_npy_atomic(workdir / "soft_labels" / "epoch_000_initial.npy",
+  if not (run_files.soft_labels_file(workdir, 0)).exists():
+    _save_npy_atomic(run_files.soft_labels_file(workdir, 0),
                      dp.soft_labels(state))
   progress = Progress(steps_per_epoch * config.num_epochs, enabled=config.progress,
                       stream=sys.stderr)
@@ -453,10 +454,10 @@ def write_outputs(run: RunContext, evaluated: evaluation.FinalEvaluation) -> Non
     selective.save_val_outputs(run.workdir, evaluated.val_outputs["logits"],
                                evaluated.val_outputs["label"])
     if evaluated.ood_fit is not None:
-      fileio.atomic_save_npz(run.workdir / "ood_fit.npz", **evaluated.ood_fit)
+      fileio.atomic_save_npz(run.workdir / run_files.OOD_FIT, **evaluated.ood_fit)
   report_lib.write_report(run.workdir, run.config, evaluated)
   run.hooks.before_final_write()
-  _write_json_atomic(run.workdir / "results.json", evaluated.summary)
+  _write_json_atomic(run.workdir / run_files.RESULTS, evaluated.summary)
 
 
 # ----------------------------------------------------------------------------
@@ -585,7 +586,7 @@ def _init_from(config, state) -> tuple[Any, Optional[dict[str, Any]]]:
       raise config_lib.ConfigError(
           f"config.init_from: {path} has {key}={src_config.get(key)!r}, this run "
           f"{config.get(key)!r}; expected the same model")
-  results_path = path / "results.json"
+  results_path = path / run_files.RESULTS
   if not results_path.is_file():
     raise config_lib.ConfigError(f"config.init_from: {path} has no results.json (not a "
                                  "finished run)")
@@ -619,7 +620,7 @@ def _restore(checkpointer: checkpointing.Checkpointer, state, config,
 
 def _finished_summary(workdir: pathlib.Path, final_step: int) -> Optional[dict[str, Any]]:
   """The saved ``results.json`` if it belongs to this final step, else None."""
-  path = workdir / "results.json"
+  path = workdir / run_files.RESULTS
   if not path.exists():
     return None
   summary = json.loads(path.read_text())
@@ -751,7 +752,7 @@ def _epoch_boundary(run: RunContext, state, loop: LoopState
     return state, loop, None
   state = run.dp.boundary(state)
   soft_labels = run.dp.soft_labels(state)
-  _save_npy_atomic(run.workdir / "soft_labels" / f"epoch_{loop.epoch + 1:03d}.npy",
+  _save_npy_atomic(run_files.soft_labels_file(run.workdir, loop.epoch + 1),
                    soft_labels)
   entropy = tuple(np.asarray(ols.row_entropy(soft_labels)).tolist())
   loop = dataclasses.replace(loop, entropy_history=loop.entropy_history + (entropy,))

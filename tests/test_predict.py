@@ -35,6 +35,7 @@ from ols_jax import ood
 from ols_jax import parallel
 from ols_jax import paths
 from ols_jax import predict
+from ols_jax import run_files
 from ols_jax import runs
 from ols_jax import selective
 from ols_jax import train
@@ -188,7 +189,7 @@ def test_temperature_changes_confidence_not_argmax(run_dir, tmp_path):
   assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
   assert row["top5"][0] == {"class": row["prediction"], "probability": row["confidence"]}
   # Raw confidences get their own threshold, chosen on the saved val outputs.
-  with np.load(run_dir / selective.VAL_OUTPUTS) as z:
+  with np.load(run_dir / run_files.VAL_OUTPUTS) as z:
     conf, ok = selective.confidence_and_correct(selective.probabilities(z["logits"]),
                                                 z["label"])
   assert raw["threshold"] == selective.select_threshold(conf, ok, 0.95)
@@ -197,7 +198,7 @@ def test_temperature_changes_confidence_not_argmax(run_dir, tmp_path):
 def test_threshold_holds_its_target_on_validation(run_dir, tmp_path, capsys):
   results = _results(run_dir)
   sel = results["selective"]
-  with np.load(run_dir / selective.VAL_OUTPUTS) as z:
+  with np.load(run_dir / run_files.VAL_OUTPUTS) as z:
     logits, labels = z["logits"], z["label"]
   assert len(labels) == results["split_sizes"]["val"]
   conf, ok = selective.confidence_and_correct(
@@ -224,7 +225,7 @@ def test_threshold_holds_its_target_on_validation(run_dir, tmp_path, capsys):
   # Without them: the stored threshold, with a note; raw confidences refused.
   bare = tmp_path / "bare"
   shutil.copytree(run_dir, bare)
-  (bare / selective.VAL_OUTPUTS).unlink()
+  (bare / run_files.VAL_OUTPUTS).unlink()
   notes = []
   kept = predict.predict_to_file(bare, _npz(), tmp_path / "b.csv", target_accuracy=0.6,
                                  progress=False, log=notes.append)
@@ -250,7 +251,7 @@ def test_threshold_holds_its_target_on_validation(run_dir, tmp_path, capsys):
 
 
 def _val(workdir):
-  with np.load(workdir / selective.VAL_OUTPUTS) as z:
+  with np.load(workdir / run_files.VAL_OUTPUTS) as z:
     return z["logits"], z["label"]
 
 
@@ -357,7 +358,7 @@ def test_sets_cover_on_an_exchangeable_test_half(run_dir, tmp_path):
 
 def test_far_ood_scans_are_flagged_far_more_often(run_dir, tmp_path):
   results = _results(run_dir)
-  assert (run_dir / runs.OOD_FIT).is_file()
+  assert (run_dir / run_files.OOD_FIT).is_file()
   inside = predict.predict_to_file(run_dir, _npz(), tmp_path / "in.csv", progress=False)
   flags = inside["ood"]
   assert (flags["score"], flags["source"], flags["tpr"]) == ("mahalanobis", "ood_fit.npz",
@@ -408,7 +409,7 @@ def test_ood_scores_options_and_older_runs(run_dir, tmp_path, capsys):
   # A run from before OOD scores: energy, thresholded on its saved val logits.
   old = tmp_path / "old"
   shutil.copytree(run_dir, old)
-  (old / runs.OOD_FIT).unlink()
+  (old / run_files.OOD_FIT).unlink()
   summary = predict.predict_to_file(old, _npz(), tmp_path / "old.csv", progress=False)
   flags = summary["ood"]
   assert (flags["score"], flags["source"]) == ("energy", "val_outputs.npz")
@@ -418,7 +419,7 @@ def test_ood_scores_options_and_older_runs(run_dir, tmp_path, capsys):
   line = _error(capsys, old, _npz(), tmp_path / "e.csv", ood_score="mahalanobis")
   assert line == (f"error: --ood_score=mahalanobis: workdir {old} has no ood_fit.npz (a "
                   f"run from before OOD scores); use --ood_score=energy or msp")
-  (old / selective.VAL_OUTPUTS).unlink()
+  (old / run_files.VAL_OUTPUTS).unlink()
   line = _error(capsys, old, _npz(), tmp_path / "e.csv", sets=False)
   assert line == (f"error: workdir {old}: neither ood_fit.npz nor val_outputs.npz to set "
                   f"an OOD threshold from; pass --no_ood")

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ols_jax import fileio
+from ols_jax import run_files
 from ols_jax.logging_utils import read_metrics
 from ols_jax.study import stats
 
@@ -150,7 +151,7 @@ def collect_run(workdir: pathlib.Path, dest: pathlib.Path, seed: int, *,
   Raises:
     RecordMismatchError: the recomputed records disagree with ``results.json``.
   """
-  results = pathlib.Path(workdir) / "results.json"
+  results = pathlib.Path(workdir) / run_files.RESULTS
   if not results.exists():
     return False
   dest = pathlib.Path(dest)
@@ -163,11 +164,11 @@ def collect_run(workdir: pathlib.Path, dest: pathlib.Path, seed: int, *,
     save_records(stats.example_records(logits, labels, r["temperature"]), r, rec_path,
                  where=str(workdir), log=log)
   if report and seed == 0:
-    shutil.copy2(workdir / "report.md", dest / "report.md")
-    if (workdir / "figures").is_dir():
-      shutil.copytree(workdir / "figures", dest / "figures", dirs_exist_ok=True)
+    shutil.copy2(workdir / run_files.REPORT, dest / run_files.REPORT)
+    if (workdir / run_files.FIGURES).is_dir():
+      shutil.copytree(workdir / run_files.FIGURES, dest / run_files.FIGURES, dirs_exist_ok=True)
   if metrics:
-    shutil.copy2(workdir / "metrics.jsonl", dest / f"seed{seed}_metrics.jsonl")
+    shutil.copy2(workdir / run_files.METRICS, dest / f"seed{seed}_metrics.jsonl")
   fileio.atomic_copy(results, dest / f"seed{seed}.json")
   return True
 
@@ -191,18 +192,18 @@ def restore(folder: pathlib.Path, out: pathlib.Path) -> int:
   for path in results_files(folder):
     _, model, name, seed = _where(path)
     run = out / model / name / f"seed{seed}"
-    if (run / "results.json").exists():
+    if (run / run_files.RESULTS).exists():
       continue
     run.mkdir(parents=True, exist_ok=True)
     metrics = path.with_name(f"seed{seed}_metrics.jsonl")
     if metrics.exists():
-      shutil.copy2(metrics, run / "metrics.jsonl")
+      shutil.copy2(metrics, run / run_files.METRICS)
     if seed == 0:
-      if (path.parent / "report.md").exists():
-        shutil.copy2(path.parent / "report.md", run / "report.md")
-      if (path.parent / "figures").is_dir():
-        shutil.copytree(path.parent / "figures", run / "figures", dirs_exist_ok=True)
-    fileio.atomic_copy(path, run / "results.json")  # last: it marks the run finished
+      if (path.parent / run_files.REPORT).exists():
+        shutil.copy2(path.parent / run_files.REPORT, run / run_files.REPORT)
+      if (path.parent / run_files.FIGURES).is_dir():
+        shutil.copytree(path.parent / run_files.FIGURES, run / run_files.FIGURES, dirs_exist_ok=True)
+    fileio.atomic_copy(path, run / run_files.RESULTS)  # last: it marks the run finished
     restored += 1
   if (folder / "summary.md").exists() and not (out / "summary.md").exists():
     shutil.copy2(folder / "summary.md", out / "summary.md")

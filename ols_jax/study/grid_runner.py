@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
+from ols_jax import run_files
+
 # The module every cell runs (``python -m``) unless a caller passes a script.
 ENTRY_MODULE = "ols_jax.cli"
 
@@ -111,7 +113,7 @@ def run_grid(cells: Sequence[Cell], config_path: str, out: pathlib.Path, *,
   """Runs every cell without ``results.json`` (sequentially or ``jobs`` at a
   time) as a subprocess (:func:`command`); KD cells wait for their CE
   teacher. Returns the failed cells."""
-  pending = [c for c in cells if not (c.workdir(out) / "results.json").exists()]
+  pending = [c for c in cells if not run_files.is_finished(c.workdir(out))]
   log(f"{len(cells) - len(pending)} of {len(cells)} cells already done; "
       f"{len(pending)} to run with {jobs} parallel job(s)")
   running: list[tuple[Cell, subprocess.Popen, float, Any]] = []
@@ -123,7 +125,7 @@ def run_grid(cells: Sequence[Cell], config_path: str, out: pathlib.Path, *,
     if c.method != "kd":
       return True
     t = Cell(teacher_model or c.model, "ce", c.seed)
-    return (t.workdir(out) / "results.json").exists()
+    return run_files.is_finished(t.workdir(out))
 
   def teacher_failed(c: Cell) -> bool:
     t = Cell(teacher_model or c.model, "ce", c.seed)

@@ -18,6 +18,7 @@ import pathlib
 from typing import Any, Optional, Sequence
 
 from ols_jax import fileio
+from ols_jax import run_files
 from ols_jax.study import grid_runner
 
 
@@ -102,7 +103,7 @@ class Sweep:
 
 
 def _val_score(workdir: pathlib.Path, metric: str) -> Optional[tuple[float, float]]:
-  path = workdir / "results.json"
+  path = workdir / run_files.RESULTS
   if not path.exists():
     return None
   r = json.loads(path.read_text())
@@ -181,7 +182,7 @@ def final_rows(sweep: Sweep, out: pathlib.Path) -> list[dict[str, Any]]:
       continue
     for s in sweep.seeds:
       cell = arm.cell(sweep.model, s, chosen[arm.name]["candidate"])
-      path = cell.workdir(out) / "results.json"
+      path = cell.workdir(out) / run_files.RESULTS
       if path.exists():
         r = json.loads(path.read_text())
         r["arm"], r["folder"] = arm.name, cell.folder

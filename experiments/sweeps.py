@@ -155,7 +155,7 @@ def main(argv=None):
   p.add_argument("--out", default="", help="default: runs/sweeps/<name>")
   p.add_argument("--jobs", type=int, default=1)
   p.add_argument("--threads_per_job", type=int, default=0,
-                 help="as in experiments/compare.py: 1 = one XLA thread and one BLAS/OpenMP "
+                 help="1 = one XLA thread and one BLAS/OpenMP "
                       "thread per run; 0 = leave threads alone")
   p.add_argument("--list", action="store_true", help="print the cells, run nothing")
   args = p.parse_args(argv)

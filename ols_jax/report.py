@@ -18,10 +18,8 @@ from ols_jax import plots
 from ols_jax import run_files
 from ols_jax.logging_utils import read_metrics
 
-# Every metric column of a run's report and of the study tables: (key, header
-# in a run's report.md, header in the study tables or None when they leave it
-# out, scale). The study tables (:mod:`ols_jax.study.grid_report`) take theirs
-# from here.
+# Every metric column of a run's report: (key, header in a run's report.md,
+# short header for tables or None when they leave it out, scale).
 METRIC_COLUMNS = (
     ("top1_error", "Top-1 err (%)", "Top-1 err %", 100.0),
     ("top5_error", "Top-5 err (%)", "Top-5 err %", 100.0),

@@ -3,8 +3,6 @@
 import json
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -14,9 +12,6 @@ from ols_jax import host
 from ols_jax import logging_utils
 from ols_jax import models
 from ols_jax import train
-from ols_jax.study import collected
-from ols_jax.study import grid_report
-from ols_jax.study import grid_runner
 
 pytestmark = pytest.mark.slow  # whole runs or subprocesses: the full tier only
 
@@ -155,116 +150,6 @@ def test_resuming_a_half_finished_run_continues(runs, tmp_path):
                                 np.load(src / "soft_labels" / "epoch_002.npy"))
   records = logging_utils.read_metrics(work / "metrics.jsonl")
   assert [r["epoch"] for r in records if "eval/ece" in r] == [1, 2]
-
-
-def test_compare_driver_aggregates(runs, tmp_path):
-  # Arrange the finished runs as a study tree and summarise them.
-  out = tmp_path / "study"
-  for method in METHODS:
-    dst = out / "tiny_cnn" / method / "seed0"
-    dst.parent.mkdir(parents=True)
-    shutil.copytree(runs[method][0], dst, ignore=shutil.ignore_patterns("checkpoints"))
-  cmd = [sys.executable, str(REPO / "experiments" / "compare.py"),
-         f"--config={REPO / 'experiments' / 'configs' / 'smoke.py'}", f"--out={out}",
-         "--methods=" + ",".join(METHODS), "--models=tiny_cnn", "--seeds=0"]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert f"{len(METHODS)} of {len(METHODS)} cells already done" in proc.stdout
-  text = (out / "summary.md").read_text()
-  for method in METHODS:
-    assert f"| tiny_cnn | {method} |" in text
-  assert "OLS wins" in text
-  assert (out / "reliability.png").stat().st_size > 1000
-  assert len((out / "summary.csv").read_text().splitlines()) == len(METHODS) + 1
-
-
-def test_collect_then_restore_round_trip(runs, tmp_path):
-  """collect_results copies a study to docs form; --restore puts it back so
-  compare.py skips the restored cells."""
-  out, dest = tmp_path / "study", tmp_path / "docs"
-  for method in ("ce", "ols"):
-    dst = out / "tiny_cnn" / method / "seed0"
-    dst.parent.mkdir(parents=True)
-    shutil.copytree(runs[method][0], dst, ignore=shutil.ignore_patterns("checkpoints"))
-  grid_report.write_summary(out, title="Toy study")
-
-  def collect(study_dir, *extra):
-    return subprocess.run([sys.executable, str(REPO / "experiments" / "collect_results.py"),
-                           f"--study={study_dir}", f"--dest={dest}", *extra],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
-
-  proc = collect(tmp_path)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert (dest / "study" / "tiny_cnn" / "ols" / "seed0.json").exists()
-  assert (dest / "overview.md").exists()
-  fresh = tmp_path / "fresh"
-  proc = collect(fresh, "--restore=study")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "restored 2 runs" in proc.stdout
-  back = grid_report.load_results(fresh / "study")
-  orig = grid_report.load_results(out)
-  assert [(r["variant"], r["seed"], r["test"]) for r in back] == \
-      [(r["variant"], r["seed"], r["test"]) for r in orig]
-  assert (fresh / "study" / "summary.md").read_text().startswith("# Toy study")
-  assert collected.restore(dest / "study", fresh / "study") == 0  # never overwrites
-  proc = collect(fresh, "--restore=nope")
-  assert proc.returncode != 0 and "nope is not a collected study folder" in proc.stderr
-
-
-def test_grid_orders_teachers_first():
-  cells = grid_runner.grid(["resnet18"], ["kd", "ols", "ce"], [0, 1], alphas=[0.3])
-  methods = [c.method for c in cells if c.seed == 0 and not c.tag]
-  assert methods[0] == "ce" and methods[-1] == "kd"
-  assert any(c.tag == "alpha0.3" for c in cells)
-
-
-def _fake_result(variant, seed, error, ece, ece_ts, gap=0.0):
-  return {"model": "m", "variant": variant, "seed": seed,
-          "test": {"top1_error": error, "ece": ece, "calibration_gap": gap},
-          "test_ts": {"top1_error": error, "ece": ece_ts}}
-
-
-def test_overview_ranks_and_paired_wins():
-  rows = [
-      # seed 0: OLS best error, worst ECE; seed 1: OLS worst error.
-      _fake_result("ols", 0, 0.10, 0.09, 0.02, gap=-0.05),
-      _fake_result("ols", 1, 0.30, 0.07, 0.02, gap=-0.03),
-      _fake_result("ce", 0, 0.20, 0.05, 0.03), _fake_result("ce", 1, 0.20, 0.05, 0.03),
-      _fake_result("ls", 0, 0.12, 0.01, 0.01), _fake_result("ls", 1, 0.12, 0.01, 0.01),
-  ]
-  (r,) = grid_report.overview_rows(rows)
-  assert r["methods"] == ["ols", "ce", "ls"] and r["seeds"] == 2
-  # Mean error: ols 0.20 (ties ce 0.20, ties are not counted as better), ls 0.12.
-  assert r["rank_error"] == 2
-  assert r["rank_ece"] == 3      # ols 0.08 > ce 0.05 > ls 0.01
-  assert r["rank_ece_ts"] == 2   # ols 0.02 < ce 0.03, > ls 0.01
-  assert r["wins"][("ce", "top1_error")] == (1, 2)
-  assert r["wins"][("ls", "ece")] == (0, 2)
-  assert r["ols_gap"][0] == pytest.approx(-0.04)
-  table = grid_report.overview_table([("toy", rows)])
-  assert "| toy | m | 2 | 2 / 3 / 2 (of 3) | 20.0 ± 14.1 vs 20.0 ± 0.0 |" in table
-  assert table.count("\n") == 2  # header, rule, one row
-
-
-def test_s_entropy_curves_per_model_variant_seed(tmp_path):
-  """Mean row entropy of S per epoch, keyed by (model, variant, seed); non-OLS
-  runs and runs without S are left out; the figure is written for two models."""
-  def row(model, method, seed, ent):
-    return {"model": model, "method": method, "variant": method, "seed": seed,
-            "num_classes": 2, "soft_label_row_entropy": ent}
-  rows = [row("b", "ols", 1, [[0.6, 0.4], [0.2, 0.0]]),
-          row("a", "ols", 0, [[0.69, 0.69]]),
-          row("a", "ce", 0, [[0.1, 0.1]]), row("a", "ols", 2, [])]
-  curves = grid_report.s_entropy_curves(rows)
-  assert list(curves) == [("a", "ols", 0), ("b", "ols", 1)]
-  np.testing.assert_allclose(curves[("b", "ols", 1)], [0.5, 0.1])
-  for model, seed in (("a", 0), ("b", 1)):
-    d = tmp_path / model / "ols" / f"seed{seed}"
-    d.mkdir(parents=True)
-    r = next(r for r in rows if r["model"] == model and r["seed"] == seed)
-    (d / "results.json").write_text(json.dumps(r))
-  assert grid_report.ablation_figures(tmp_path, tmp_path) == ["s_entropy.png"]
-  assert (tmp_path / "s_entropy.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("mode", ["jit", "pmap"])

@@ -1,5 +1,5 @@
-"""Grids of runs (methods x models x seeds, OLS alpha / init ablations) and a
-subprocess scheduler that runs each cell as one training job.
+"""Run cells and the subprocess scheduler that runs each cell as one training
+job (the tuned sweeps of :mod:`ols_jax.study.sweep` build the cells).
 
 Each cell runs the library's own command line, ``python -m ols_jax.cli`` (the
 job ``experiments/radimagenet.py`` runs), so an installed package needs no
@@ -42,20 +42,6 @@ class Cell:
 
   def workdir(self, out: pathlib.Path) -> pathlib.Path:
     return out / self.model / self.folder / f"seed{self.seed}"
-
-
-def grid(models: Sequence[str], methods: Sequence[str], seeds: Sequence[int],
-         alphas: Sequence[float] = (), ols_inits: Sequence[str] = ()) -> list[Cell]:
-  """The cells of a study; ``ce`` cells come first (they are KD teachers)."""
-  order = sorted(methods, key=lambda m: (m != "ce", m == "kd"))
-  cells = [Cell(m, meth, s) for s in seeds for m in models for meth in order]
-  for s in seeds:
-    for m in models:
-      for a in alphas:
-        cells.append(Cell(m, "ols", s, (("alpha", repr(float(a))),), f"alpha{a:g}"))
-      for init in ols_inits:
-        cells.append(Cell(m, "ols", s, (("ols_init", init),), f"init_{init}"))
-  return cells
 
 
 def command(cell: Cell, config_path: str, out: pathlib.Path,

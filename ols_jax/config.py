@@ -110,6 +110,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Cross-source shift: a shared dataset whose test split is mapped to this
   # run's classes (ols_jax.data.cross_source) and scored like test.
   c.cross_source = ""
+  # The final evaluation's evaluators (ols_jax.evaluation.EVALUATORS),
+  # comma-separated; '' = conformal,selective,embedding,ood. cross_source and
+  # shift join when config.cross_source / config.shift_eval ask for them.
+  c.evals = ""
   # Start from a finished run's selected weights (its workdir): every parameter of
   # the same path and shape is copied, a head of another class count is fresh.
   c.init_from = ""
@@ -171,6 +175,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       if name.strip() not in local.SHARED:
         raise ConfigError(f"config.ood_sets: {name.strip()!r} is not a shared dataset; "
                           f"expected comma-separated names from {', '.join(sorted(local.SHARED))}")
+  from ols_jax import evaluation  # pylint: disable=import-outside-toplevel
+  try:
+    evaluation.evals_of(config)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from None
   if config.get("cross_source"):
     from ols_jax.data import cross_source as cross_lib  # pylint: disable=import-outside-toplevel
     from ols_jax.data import errors as data_errors  # pylint: disable=import-outside-toplevel

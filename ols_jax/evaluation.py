@@ -151,93 +151,147 @@ class FinalEvaluation:
   ood_fit: Optional[dict[str, np.ndarray]] = None
 
 
+# The final evaluation's optional evaluators (``config.evals``), in the order
+# they run, each with the per-example outputs it reads. Classification (the
+# temperature, val / test / test_ts metrics and reliability curves) always runs.
+EVALUATORS = {
+    "conformal": ("val", "test"),
+    "selective": ("val", "test"),
+    "embedding": ("test",),
+    "ood": ("train", "val", "test", "far-OOD sets"),
+    "cross_source": ("val", "cross-source set"),
+    "shift": ("test images under the corruption suite",),
+}
+DEFAULT_EVALS = ("conformal", "selective", "embedding", "ood")
+
+
+def evals_of(config) -> tuple[str, ...]:
+  """The evaluators a run's final evaluation runs, in :data:`EVALUATORS` order.
+
+  ``config.evals`` (comma-separated; empty: :data:`DEFAULT_EVALS`), plus
+  ``cross_source`` when ``config.cross_source`` names a set and ``shift`` when
+  ``config.shift_eval``. Raises ``ValueError`` naming an unknown evaluator.
+  """
+  names = [n.strip() for n in str(config.get("evals", "") or "").split(",") if n.strip()]
+  unknown = [n for n in names if n not in EVALUATORS]
+  if unknown:
+    raise ValueError(f"evals: unknown evaluator(s) {unknown}; expected names from "
+                     f"{', '.join(EVALUATORS)}")
+  if "cross_source" in names and not config.get("cross_source"):
+    raise ValueError("evals: cross_source needs config.cross_source (the set to score)")
+  chosen = set(names or DEFAULT_EVALS)
+  if config.get("cross_source"):
+    chosen.add("cross_source")
+  if config.get("shift_eval"):
+    chosen.add("shift")
+  return tuple(n for n in EVALUATORS if n in chosen)
+
+
 def final(dp: parallel.DataParallel, state, splits, config, *, run_fields: dict[str, Any],
           start_time: float, soft_labels: Optional[np.ndarray],
           ood_sources: Optional[dict[str, Any]] = None,
           cross_source: Optional["CrossSource"] = None,
           log=lambda message: None) -> FinalEvaluation:
-  """Evaluates the selected state on val and test, once, into the run's summary.
+  """Evaluates the selected state once, into the run's summary.
 
-  Fits the temperature on val; scores val raw, test raw and test
-  temperature-scaled (:func:`score`); chooses the abstention threshold on
-  temperature-scaled val confidences; measures the test embeddings;
-  calibrates the conformal sets on val (:func:`conformal_section`); scores
-  out-of-distribution inputs (:func:`ood_section`); with
-  ``config.shift_eval``, scores the corruption suite on test
-  (:mod:`ols_jax.shift`). With a calibration split, the dataset's own
-  validation split (``splits['val_dataset']``) is scored too.
+  First every split an evaluator reads goes through the model once
+  (:func:`evaluate`; per-example logits, labels and embeddings): val and test
+  always, the dataset's own validation split with a calibration split
+  (``splits['val_dataset']``), the training split and the far-OOD sets only
+  for ``ood``, the cross-source set only for ``cross_source``. The temperature
+  is fitted on val, and val, test and temperature-scaled test are scored
+  (:func:`score`). Then each evaluator of :func:`evals_of` is a pure function
+  of those arrays: :func:`conformal_section`, :func:`selective_section`,
+  :func:`ols_jax.embeddings.embedding_metrics`, :func:`ood_section`,
+  :func:`cross_source_section`; ``shift`` streams the corruption suite of
+  test through the model (:func:`ols_jax.shift.shift_records`).
 
   Args:
     dp: the run's compiled steps.
     state: the selected (best-validation) TrainState, on device.
-    splits: the dataset's splits (``val`` and ``test`` are used).
+    splits: the dataset's splits.
     config: the run config (``num_bins``, ``seed``, ``target_accuracy``,
-      ``channels`` and the evaluation input settings).
+      ``conformal_alpha``, ``channels``, ``evals`` and the evaluation input
+      settings).
     run_fields: what describes the run (dataset, model, steps, devices, ...),
       copied into the summary first.
     start_time: ``time.time()`` at the run's start (for ``wall_time_s``).
     soft_labels: S after the last epoch, or None.
     ood_sources: far-OOD sets by name (data sources; converted to the run's
       channels and size here), or None.
-    cross_source: another source's test images mapped to the run's classes
-      (:func:`cross_source_section`), or None.
+    cross_source: another source's test images mapped to the run's classes,
+      or None.
     log: a progress line callback.
 
   Returns:
     The :class:`FinalEvaluation`.
   """
-  _, val_out = evaluate(dp, state, splits["val"], config, with_outputs=True,
-                        channels=config.channels)
-  temperature = calibration.fit_temperature(val_out["logits"], val_out["label"])
-  _, test_out = evaluate(dp, state, splits["test"], config, with_outputs=True,
-                         channels=config.channels)
-  val = score(val_out["logits"], val_out["label"], num_bins=config.num_bins)
-  test = score(test_out["logits"], test_out["label"], num_bins=config.num_bins)
-  test_ts = score(test_out["logits"], test_out["label"], num_bins=config.num_bins,
-                  temperature=temperature)
-  val_ts_confidence, val_ts_correct = selective.confidence_and_correct(
-      selective.probabilities(val_out["logits"], temperature), val_out["label"])
-  summary = dict(run_fields)
-  if "val_dataset" in splits:
-    _, vd_out = evaluate(dp, state, splits["val_dataset"], config, with_outputs=True,
-                         channels=config.channels)
-    summary["val_dataset"] = score(vd_out["logits"], vd_out["label"],
-                                   num_bins=config.num_bins).metrics
-  summary["conformal"] = conformal_section(val_out, test_out, temperature,
-                                           float(config.conformal_alpha))
-  log("final evaluation: out-of-distribution scores")
-  _, train_out = evaluate(dp, state, splits["train"], config, with_outputs=True,
-                          channels=config.channels)
-  ood_summary, ood_fit, fit = ood_section(
-      dp, state, config, train_out, val_out, test_out,
-      ood_sources or {}, num_classes=int(val_out["logits"].shape[-1]))
-  summary["ood"] = ood_summary
-  if cross_source is not None:
+  evals = evals_of(config)
+  bins = int(config.num_bins)
+
+  def forward(source) -> dict[str, np.ndarray]:
+    return evaluate(dp, state, source, config, with_outputs=True, channels=config.channels)[1]
+
+  def forward_images(images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    return forward(sources.ArraySource(images, labels))
+
+  val_out, test_out = forward(splits["val"]), forward(splits["test"])
+  vd_out = forward(splits["val_dataset"]) if "val_dataset" in splits else None
+  train_out, far_outs = None, {}
+  if "ood" in evals:
+    log("final evaluation: out-of-distribution scores")
+    train_out = forward(splits["train"])
+    for name, source in (ood_sources or {}).items():
+      images, labels = shift_lib.working_array(source, image_size=config.image_size,
+                                               channels=config.channels)
+      far_outs[name] = forward_images(images, np.zeros_like(labels))
+  cross_out = None
+  if "cross_source" in evals and cross_source is not None:
     log(f"final evaluation: cross-source test ({cross_source.name})")
+    cross_out = forward_images(cross_source.images, cross_source.labels)
+
+  temperature = calibration.fit_temperature(val_out["logits"], val_out["label"])
+  val = score(val_out["logits"], val_out["label"], num_bins=bins)
+  test = score(test_out["logits"], test_out["label"], num_bins=bins)
+  test_ts = score(test_out["logits"], test_out["label"], num_bins=bins, temperature=temperature)
+  alpha = float(config.conformal_alpha)
+  summary = dict(run_fields)
+  if vd_out is not None:
+    summary["val_dataset"] = score(vd_out["logits"], vd_out["label"], num_bins=bins).metrics
+  if "conformal" in evals:
+    summary["conformal"] = conformal_section(val_out, test_out, temperature, alpha)
+  ood_fit = fit = thresholds = None
+  if "ood" in evals:
+    summary["ood"], ood_fit, fit = ood_section(
+        train_out, val_out, test_out, far_outs, num_classes=int(val_out["logits"].shape[-1]))
+    thresholds = summary["ood"]["thresholds"]
+  if cross_out is not None:
     summary["cross_source"] = cross_source_section(
-        dp, state, config, cross_source, val_out, temperature,
-        ood_summary["thresholds"], fit)
-  if config.shift_eval:
+        cross_source, cross_out, val_out, temperature, num_bins=bins, alpha=alpha,
+        thresholds=thresholds, fit=fit)
+  if "shift" in evals:
     log("final evaluation: corruption suite on test")
     images, labels = shift_lib.working_array(splits["test"], image_size=config.image_size,
                                              channels=config.channels)
     summary["shift"] = shift_lib.shift_records(
-        lambda x, y: _array_logits(dp, state, config, x, y), images, labels,
+        lambda x, y: forward_images(x, y)["logits"], images, labels,
         temperature=temperature, seed=int(config.seed),
-        score_fn=lambda z, y, temperature=1.0: score(z, y, num_bins=config.num_bins,
+        score_fn=lambda z, y, temperature=1.0: score(z, y, num_bins=bins,
                                                      temperature=temperature))
   summary.update({
       "wall_time_s": time.time() - start_time,
       "temperature": float(temperature),
       "val": val.metrics, "test": test.metrics, "test_ts": test_ts.metrics,
-      "embedding": embeddings_lib.embedding_metrics(
-          test_out["embedding"], test_out["label"], seed=config.seed),
-      "test_reliability": _json_ready(test.reliability),
-      "test_ts_reliability": _json_ready(test_ts.reliability),
-      "selective": selective.abstention(
-          val_ts_confidence, val_ts_correct, test_ts.confidence, test_ts.correct,
-          temperature=temperature, target_accuracy=config.target_accuracy),
   })
+  if "embedding" in evals:
+    summary["embedding"] = embeddings_lib.embedding_metrics(
+        test_out["embedding"], test_out["label"], seed=config.seed)
+  summary["test_reliability"] = _json_ready(test.reliability)
+  summary["test_ts_reliability"] = _json_ready(test_ts.reliability)
+  if "selective" in evals:
+    summary["selective"] = selective_section(val_out, test_ts, temperature,
+                                             float(config.target_accuracy))
+  summary["evals"] = list(evals)
   return FinalEvaluation(
       summary=summary,
       val_outputs={"logits": val_out["logits"], "label": val_out["label"]},
@@ -246,11 +300,14 @@ def final(dp: parallel.DataParallel, state, splits, config, *, run_fields: dict[
       soft_labels=soft_labels, ood_fit=ood_fit)
 
 
-def _array_logits(dp, state, config, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-  """Logits of uint8 working images through the evaluation path."""
-  _, out = evaluate(dp, state, sources.ArraySource(images, labels), config,
-                    with_outputs=True, channels=config.channels)
-  return out["logits"]
+def selective_section(val_out, test_ts: Score, temperature: float,
+                      target_accuracy: float) -> dict[str, Any]:
+  """The abstention threshold chosen on temperature-scaled val confidences,
+  applied to temperature-scaled test (:func:`ols_jax.selective.abstention`)."""
+  val_conf, val_correct = selective.confidence_and_correct(
+      selective.probabilities(val_out["logits"], temperature), val_out["label"])
+  return selective.abstention(val_conf, val_correct, test_ts.confidence, test_ts.correct,
+                              temperature=temperature, target_accuracy=target_accuracy)
 
 
 def conformal_section(val_out, test_out, temperature: float, alpha: float) -> dict[str, Any]:
@@ -273,36 +330,37 @@ def _ood_scores(logits: np.ndarray, embedding: np.ndarray, fit) -> dict[str, np.
           "mahalanobis": ood_lib.mahalanobis_score(embedding, fit)}
 
 
-def ood_section(dp, state, config, train_out, val_out, test_out, ood_sources,
+def ood_section(train_out, val_out, test_out, far_outs: dict[str, dict[str, np.ndarray]],
                 *, num_classes: int) -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:
   """OOD scores, thresholds kept at :data:`OOD_TPR` of val, AUROC per far-OOD set.
 
   The Mahalanobis class means and shared covariance come from the training
-  split's embeddings (evaluation path, no augmentation). Far-OOD images are
-  converted to the run's channels and size as predict converts its inputs.
+  split's embeddings (evaluation path, no augmentation); far-OOD outputs come
+  from images converted to the run's channels and size as predict converts
+  its inputs.
+
+  Args:
+    train_out, val_out, test_out: per-example ``logits``, ``embedding`` and
+      ``label`` of the splits.
+    far_outs: per-example outputs of each far-OOD set, by name.
+    num_classes: K.
 
   Returns:
     ``(summary, saved, fit)``: the JSON-ready section, the arrays predict
-    needs and the Mahalanobis fit itself.
+    needs (``ood_fit.npz``) and the Mahalanobis fit itself.
   """
   fit = ood_lib.fit_mahalanobis(train_out["embedding"], train_out["label"], num_classes)
   val_scores = _ood_scores(val_out["logits"], val_out["embedding"], fit)
   test_scores = _ood_scores(test_out["logits"], test_out["embedding"], fit)
   thresholds = {k: float(ood_lib.threshold_at_tpr(v, OOD_TPR)) for k, v in val_scores.items()}
-  out_sets, sizes = {}, {}
-  for name, source in ood_sources.items():
-    images, labels = shift_lib.working_array(source, image_size=config.image_size,
-                                             channels=config.channels)
-    _, out = evaluate(dp, state, sources.ArraySource(images, np.zeros_like(labels)), config,
-                      with_outputs=True, channels=config.channels)
-    out_sets[name] = _ood_scores(out["logits"], out["embedding"], fit)
-    sizes[name] = int(len(images))
+  out_sets = {name: _ood_scores(out["logits"], out["embedding"], fit)
+              for name, out in far_outs.items()}
   summary = {
       "tpr": OOD_TPR, "thresholds": thresholds,
       "test_flagged": {k: float(np.mean(v < thresholds[k])) for k, v in test_scores.items()},
       "val_flagged": {k: float(np.mean(v < thresholds[k])) for k, v in val_scores.items()},
       "sets": ood_lib.ood_summary(test_scores, out_sets, thresholds),
-      "set_sizes": sizes,
+      "set_sizes": {name: int(len(out["logits"])) for name, out in far_outs.items()},
   }
   saved = {f"mahalanobis_{k}": np.asarray(v) for k, v in fit.items()}
   saved.update({f"threshold_{k}": np.asarray(v, np.float64) for k, v in thresholds.items()})
@@ -327,32 +385,42 @@ class CrossSource:
   source_count: int
 
 
-def cross_source_section(dp, state, config, cross: CrossSource, val_out, temperature: float,
-                         thresholds: dict[str, float], fit) -> dict[str, Any]:
+def cross_source_section(cross: CrossSource, cross_out, val_out, temperature: float, *,
+                         num_bins: int, alpha: float, thresholds: Optional[dict[str, float]],
+                         fit) -> dict[str, Any]:
   """Scores the run on another source's mapped test images.
 
   Error, ECE, NLL (raw and with the run's temperature), conformal coverage
   and set size with the thresholds calibrated on the run's own val
-  (calibration) split, and the fraction each OOD score flags at the run's
-  thresholds: what a user of the model would see at a new centre.
+  (calibration) split, and, when the ``ood`` evaluator ran, the fraction each
+  OOD score flags at the run's thresholds: what a user of the model would see
+  at a new centre.
+
+  Args:
+    cross: the mapped set (its name, mapping and labels).
+    cross_out: its per-example ``logits``, ``embedding`` and ``label``.
+    val_out: the run's val (calibration) outputs.
+    temperature: the run's temperature.
+    num_bins, alpha: the run's calibration bins and conformal level.
+    thresholds, fit: the OOD thresholds and Mahalanobis fit, or None.
 
   Returns:
     The JSON-ready section (``results.json['cross_source']``).
   """
   num_classes = int(val_out["logits"].shape[-1])
-  _, out = evaluate(dp, state, sources.ArraySource(cross.images, cross.labels), config,
-                    with_outputs=True, channels=config.channels)
-  raw = score(out["logits"], out["label"], num_bins=config.num_bins)
-  ts = score(out["logits"], out["label"], num_bins=config.num_bins, temperature=temperature)
-  scores = _ood_scores(out["logits"], out["embedding"], fit)
-  return {
+  raw = score(cross_out["logits"], cross_out["label"], num_bins=num_bins)
+  ts = score(cross_out["logits"], cross_out["label"], num_bins=num_bins, temperature=temperature)
+  out = {
       "source": cross.name, "mapping": cross.mapping, "count": int(len(cross.labels)),
       "source_count": int(cross.source_count),
       "class_counts": np.bincount(cross.labels, minlength=num_classes).tolist(),
       "raw": raw.metrics, "ts": ts.metrics,
-      "conformal": conformal_section(val_out, out, temperature, float(config.conformal_alpha)),
-      "ood_flagged": {k: float(np.mean(v < thresholds[k])) for k, v in scores.items()},
+      "conformal": conformal_section(val_out, cross_out, temperature, alpha),
   }
+  if thresholds is not None:
+    scores = _ood_scores(cross_out["logits"], cross_out["embedding"], fit)
+    out["ood_flagged"] = {k: float(np.mean(v < thresholds[k])) for k, v in scores.items()}
+  return out
 
 
 def _json_ready(curve: dict[str, Any]) -> dict[str, Any]:

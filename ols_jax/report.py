@@ -131,7 +131,8 @@ def _risk_coverage_figure(evaluated, path) -> str:
             for key, curve in evaluated.risk_coverage.items()}
   return plots.risk_coverage(
       curves, path, title=f"{summary['method']} / {summary['model']}: test risk-coverage",
-      threshold_coverage=summary["selective"]["test_coverage"])
+      threshold_coverage=(summary["selective"]["test_coverage"] if "selective" in summary
+                          else None))
 
 
 def _figures(workdir: pathlib.Path, evaluated, tsne_samples: int) -> list[str]:
@@ -190,7 +191,7 @@ def write_report(workdir: pathlib.Path, config, evaluated) -> None:
   summary = evaluated.summary
   method = summary["method"]
   made = _figures(workdir, evaluated, config.tsne_samples) if config.figures else []
-  emb = summary["embedding"]
+  emb = summary.get("embedding")
   lines = [
       f"# {method} / {summary['model']} on {summary['dataset']}",
       "",
@@ -211,13 +212,14 @@ def write_report(workdir: pathlib.Path, config, evaluated) -> None:
       "ECE: top-label, equal-width bins `[lo, hi)` with the last bin closed; "
       "adaptive ECE: equal-mass bins; conf - acc > 0 means over-confident.",
       "",
+  ] + ([
       "## Embeddings (penultimate layer, test split)",
       "",
       f"silhouette {emb['silhouette']:.4f}, {emb.get('k', 5)}-NN accuracy "
       f"{emb['knn_accuracy']:.4f}, intra/inter-class distance ratio "
       f"{emb['intra_inter_ratio']:.4f}.",
       "",
-  ] + selective_section(summary) + trust_section(summary) + [
+  ] if emb else []) + selective_section(summary) + trust_section(summary) + [
       "## Settings",
       "",
       "```",

@@ -62,3 +62,69 @@ def test_temperature_divides_the_logits_and_keeps_the_argmax():
   assert raw.metrics["top1_error"] == scaled.metrics["top1_error"]
   assert raw.metrics["mean_confidence"] > scaled.metrics["mean_confidence"]
   assert raw.metrics["count"] == 64.0
+
+
+def test_evals_default_plus_switches_and_errors():
+  from ols_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  c = config_lib.base_config()
+  assert evaluation.evals_of(c) == evaluation.DEFAULT_EVALS
+  c.evals, c.shift_eval, c.cross_source = "ood,conformal", True, "brain_tumor_44"
+  # Registry order, whatever the config's order; the switches add their evaluators.
+  assert evaluation.evals_of(c) == ("conformal", "ood", "cross_source", "shift")
+  c.evals = "conformal,nope"
+  with pytest.raises(ValueError, match=r"unknown evaluator\(s\) \['nope'\]"):
+    evaluation.evals_of(c)
+
+
+def _outputs(rng, n, k=3, d=4):
+  return {"logits": rng.normal(size=(n, k)).astype(np.float32),
+          "embedding": rng.normal(size=(n, d)).astype(np.float32),
+          "label": rng.integers(0, k, n)}
+
+
+def test_sections_are_pure_functions_of_the_outputs():
+  rng = np.random.default_rng(0)
+  train, val, test, far = (_outputs(rng, n) for n in (60, 40, 40, 30))
+  summary, saved, fit = evaluation.ood_section(train, val, test, {"far": far}, num_classes=3)
+  again, _, _ = evaluation.ood_section(train, val, test, {"far": far}, num_classes=3)
+  assert summary == again and summary["set_sizes"] == {"far": 30}
+  # The val thresholds keep at least OOD_TPR of val for every score.
+  assert all(v <= 1 - evaluation.OOD_TPR + 1e-9 for v in summary["val_flagged"].values())
+  assert sorted(saved) == sorted([f"mahalanobis_{k}" for k in fit] +
+                                 [f"threshold_{k}" for k in summary["thresholds"]])
+  cross = evaluation.CrossSource("src", "a -> b", np.zeros((30, 2, 2), np.uint8),
+                                 far["label"], 50)
+  with_ood = evaluation.cross_source_section(cross, far, val, 1.5, num_bins=10, alpha=0.1,
+                                             thresholds=summary["thresholds"], fit=fit)
+  without = evaluation.cross_source_section(cross, far, val, 1.5, num_bins=10, alpha=0.1,
+                                            thresholds=None, fit=None)
+  assert "ood_flagged" in with_ood and "ood_flagged" not in without
+  assert with_ood["raw"] == without["raw"] and with_ood["count"] == 30
+
+
+@pytest.mark.slow
+def test_a_run_with_fewer_evaluators_skips_their_passes(tmp_path):
+  from ols_jax import train  # pylint: disable=import-outside-toplevel
+  from experiments.configs import smoke  # pylint: disable=import-outside-toplevel
+  config = smoke.get_config()
+  config.num_epochs, config.progress, config.figures, config.tensorboard = 1, False, False, False
+  config.evals = "conformal"
+  seen = []
+  real = evaluation.evaluate
+
+  def counting(dp, state, source, cfg, **kw):
+    seen.append(len(source))
+    return real(dp, state, source, cfg, **kw)
+
+  evaluation.evaluate = counting
+  try:
+    _, summary = train.train_and_evaluate(config, tmp_path / "run")
+  finally:
+    evaluation.evaluate = real
+  assert summary["evals"] == ["conformal"]
+  assert "ood" not in summary and "selective" not in summary and "embedding" not in summary
+  assert not (tmp_path / "run" / "ood_fit.npz").exists()
+  assert summary["conformal"]["alpha"] == config.conformal_alpha
+  # The training split never went through the final evaluation.
+  final_passes = seen[-2:]
+  assert summary["split_sizes"]["train"] not in final_passes

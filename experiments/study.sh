@@ -2,7 +2,7 @@
 # The commands behind docs/RESULTS.md. Every command skips finished runs, so the
 # script can be stopped and rerun to finish in chunks.
 #
-#   bash experiments/study.sh [radmix|radmix_fitted|calibration|regime|all]  (default: all)
+#   bash experiments/study.sh [radmix|radmix_fitted|calibration|regime|cold_start|all]  (default: all)
 #
 # The earlier short-schedule studies (docs/RESULTS.md, "Under-fitted regime") ran
 # with the code of commit f316bbc, where `ls` was today's `ls_kminus1`, `tfkd` was
@@ -43,11 +43,25 @@ regime() {
   done
 }
 
+# The cold-start check (docs/results/cold_start_plan.md): pretrain on RadMix's
+# training split, then random vs pretrained starts for CE and OLS in three cells.
+cold_start() {
+  python experiments/radimagenet.py --config=experiments/configs/radmix.py \
+      --workdir=runs/cold_start/pretrain_radmix --config.model=resnet18 --config.method=ce \
+      --config.augment=none --config.num_epochs=15 --config.seed=0 \
+      --config.evals=conformal --cpu_devices=1
+  for cell in cs_chestct cs_kidney cs_brain4; do
+    python experiments/sweeps.py "$cell" --jobs=2 --threads_per_job=1
+    python experiments/collect_sweep.py "$cell"
+  done
+}
+
 case "${1:-all}" in
   radmix) radmix ;;
   radmix_fitted) radmix_fitted ;;
   calibration) calibration ;;
   regime) regime ;;
+  cold_start) cold_start ;;
   all) radmix; radmix_fitted; calibration; regime ;;
-  *) echo "usage: $0 [radmix|radmix_fitted|calibration|regime|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [radmix|radmix_fitted|calibration|regime|cold_start|all]" >&2; exit 2 ;;
 esac

@@ -120,6 +120,43 @@ REGIME_CELLS = (
             "experiments/configs/radmix.py", "retinamnist", 15),
 )
 
+# The cold-start check (docs/results/cold_start_plan.md, fixed before its runs):
+# CE and OLS (uniform S0, the OLS paper's alpha 0.5), each from a random start
+# and from ResNet-18 x0.25 pretrained with CE on RadMix's training split
+# (COLD_START_PRETRAIN), same epochs, schedule and learning rate; no grid, so
+# the tuning seed runs one candidate per arm; three seeds, each with its own
+# calibration / reported halves of test.
+COLD_START_PRETRAIN = "runs/cold_start/pretrain_radmix"
+COLD_START_ARMS = (
+    sweep_lib.Arm("ce_random", "ce"),
+    sweep_lib.Arm("ols_random", "ols", fixed=(("ols_init", "uniform"), ("alpha", 0.5))),
+    sweep_lib.Arm("ce_pretrained", "ce", fixed=(("init_from", COLD_START_PRETRAIN),)),
+    sweep_lib.Arm("ols_pretrained", "ols", fixed=(("ols_init", "uniform"), ("alpha", 0.5),
+                                                  ("init_from", COLD_START_PRETRAIN))),
+)
+
+
+def _cold_start(name, title, config, epochs):
+  return sweep_lib.Sweep(
+      name=name,
+      title=(f"{title}, ResNet-18 x0.25, {epochs} epochs, no augmentation, random vs "
+             "RadMix-pretrained start, calibration half of test drawn per seed"),
+      config=config, model="resnet18", arms=COLD_START_ARMS, seeds=(0, 1, 2),
+      extra=("--config.augment=none", "--config.calibration_split=test_half",
+             f"--config.num_epochs={epochs}", "--config.evals=conformal,selective",
+             "--cpu_devices=1"),
+      split_per_seed=True)
+
+
+COLD_START_CELLS = (
+    _cold_start("cs_chestct", "Chest CT (4 classes, 493 train, 28 px)",
+                "experiments/configs/chest_ct.py", 30),
+    _cold_start("cs_kidney", "Kidney CT (4 classes, 1369 train, 28 px)",
+                "experiments/configs/kidney_ct.py", 30),
+    _cold_start("cs_brain4", "Brain MRI 4 classes (4781 train, 28 px)",
+                "experiments/configs/brain_tumor_mri.py", 15),
+)
+
 SWEEPS = (
     sweep_lib.Sweep(
         name="radmix_converged",
@@ -146,7 +183,7 @@ SWEEPS = (
             "experiments/configs/brain_tumor_mri.py", "chest_ct,retinamnist"),
     _fitted("cal_radmix", "RadMix 75 classes (28 px)",
             "experiments/configs/radmix.py", "retinamnist"),
-) + REGIME_CELLS
+) + REGIME_CELLS + COLD_START_CELLS
 
 
 def main(argv=None):

@@ -69,6 +69,16 @@ def test_split_per_seed_sets_the_halves_seed_without_renaming(monkeypatch):
     chosen = {a.name: a.candidates()[-1] for a in cell.arms}
     assert len(cell.every_cell(chosen)) == 19 + 7 * 4
     assert "--config.calibration_split=test_half" in cell.extra
+  # The cold-start cells: four untuned arms x 3 seeds; a pretrained arm differs from its
+  # random twin only by init_from (same budget, schedule and seeds).
+  for cell in sweeps.COLD_START_CELLS:
+    cells = cell.every_cell(cell.untuned())
+    assert len(cells) == 4 * 3 and cell.split_per_seed
+    by = {(c.folder, c.seed): dict(c.overrides) for c in cells}
+    for method in ("ce", "ols"):
+      for seed in (0, 1, 2):
+        pre, rand = by[(f"{method}_pretrained", seed)], by[(f"{method}_random", seed)]
+        assert pre.pop("init_from") == sweeps.COLD_START_PRETRAIN and pre == rand
 
 
 def _fake_run(workdir, val_nll, val_err, seed, rng):

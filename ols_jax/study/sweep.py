@@ -78,6 +78,9 @@ class Sweep:
   # (``calibration_split_seed = s``), so that the spread over seeds carries
   # the noise of the test sample; every arm of seed s shares those halves.
   split_per_seed: bool = False
+  # The summary's paired comparisons ``(reference arm, arm)``; empty: CE
+  # against every arm, then LS / FLSD-53 / MbLS against every OLS arm.
+  comparisons: tuple[tuple[str, str], ...] = ()
 
   def _more(self, seed: int) -> tuple[tuple[str, Any], ...]:
     return (("calibration_split_seed", seed),) if self.split_per_seed else ()

@@ -150,6 +150,32 @@ def write_json(path, obj, **kwargs) -> None:
   path.write_text(json.dumps(obj, indent=2, **kwargs))
 
 
+def torchvision_models():
+  """``torchvision.models``, or None without torchvision.
+
+  A torchvision wheel built against another PyTorch build fails at
+  ``import torchvision`` (its C++ operators, e.g. ``torchvision::nms``, do not
+  register); the model definitions are pure Python, so then the package's
+  folder is opened without running its ``__init__``.
+  """
+  import importlib  # pylint: disable=import-outside-toplevel
+  import types  # pylint: disable=import-outside-toplevel
+  try:
+    return importlib.import_module("torchvision.models")
+  except ImportError:
+    return None
+  except Exception:  # pylint: disable=broad-except  (the operator registration)
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+      del sys.modules[name]
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+      return None
+    pkg = types.ModuleType("torchvision")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules["torchvision"] = pkg
+    return importlib.import_module("torchvision.models")
+
+
 def torch_available() -> bool:
   """Whether PyTorch is installed (``benchmarks/requirements.txt``)."""
   return importlib.util.find_spec("torch") is not None

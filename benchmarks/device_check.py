@@ -44,8 +44,7 @@ class TorchOLS:
     self.torch = torch
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
     if model_name == "resnet50":
-      import torchvision  # pylint: disable=import-outside-toplevel
-      model = torchvision.models.resnet50(num_classes=num_classes)
+      model = common.torchvision_models().resnet50(num_classes=num_classes)
     else:
       import torch_job  # pylint: disable=import-outside-toplevel
       model = torch_job.resnet18(num_classes, width=width, channels=batch["image"].shape[-1])

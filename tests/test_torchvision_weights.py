@@ -5,10 +5,8 @@ randomly initialised, with randomised BatchNorm statistics so that the eval
 path uses every imported tensor. Skipped when torch / torchvision are absent.
 """
 
-import importlib
-import importlib.util
+import pathlib
 import sys
-import types
 
 import jax
 import numpy as np
@@ -18,26 +16,11 @@ from ols_jax import models
 from ols_jax.models import torchvision_weights as tvw
 
 torch = pytest.importorskip("torch", reason="torch not installed (requirements.txt pins it)")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+import common  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def _torchvision_models():
-  """``torchvision.models`` even where the wheel's C++ operators do not load
-  beside this PyTorch build (the model definitions are pure Python)."""
-  try:
-    return importlib.import_module("torchvision.models")
-  except ImportError:
-    return None
-  except Exception:  # pylint: disable=broad-except  (torchvision::nms registration)
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-      del sys.modules[name]
-    spec = importlib.util.find_spec("torchvision")
-    pkg = types.ModuleType("torchvision")
-    pkg.__path__ = list(spec.submodule_search_locations)
-    sys.modules["torchvision"] = pkg
-    return importlib.import_module("torchvision.models")
-
-
-tv = _torchvision_models()
+tv = common.torchvision_models()
 needs_tv = pytest.mark.skipif(tv is None, reason="torchvision not installed (requirements.txt)")
 
 

@@ -134,6 +134,43 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# The final evaluation's optional evaluators (``config.evals``; run by
+# :func:`ols_jax.evaluation.final`), in the order they run, each with the
+# per-example outputs it reads. Classification (the temperature, val / test /
+# test_ts metrics and reliability curves) always runs.
+EVALUATORS = {
+    "conformal": ("val", "test"),
+    "selective": ("val", "test"),
+    "embedding": ("test",),
+    "ood": ("train", "val", "test", "far-OOD sets"),
+    "cross_source": ("val", "cross-source set"),
+    "shift": ("test images under the corruption suite",),
+}
+DEFAULT_EVALS = ("conformal", "selective", "embedding", "ood")
+
+
+def evals_of(config) -> tuple[str, ...]:
+  """The evaluators a run's final evaluation runs, in :data:`EVALUATORS` order.
+
+  ``config.evals`` (comma-separated; empty: :data:`DEFAULT_EVALS`), plus
+  ``cross_source`` when ``config.cross_source`` names a set and ``shift`` when
+  ``config.shift_eval``. Raises ``ValueError`` naming an unknown evaluator.
+  """
+  names = [n.strip() for n in str(config.get("evals", "") or "").split(",") if n.strip()]
+  unknown = [n for n in names if n not in EVALUATORS]
+  if unknown:
+    raise ValueError(f"evals: unknown evaluator(s) {unknown}; expected names from "
+                     f"{', '.join(EVALUATORS)}")
+  if "cross_source" in names and not config.get("cross_source"):
+    raise ValueError("evals: cross_source needs config.cross_source (the set to score)")
+  chosen = set(names or DEFAULT_EVALS)
+  if config.get("cross_source"):
+    chosen.add("cross_source")
+  if config.get("shift_eval"):
+    chosen.add("shift")
+  return tuple(n for n in EVALUATORS if n in chosen)
+
+
 def _check_choice(config, field, choices):
   if config[field] not in choices:
     raise ConfigError(f"config.{field}: expected one of {', '.join(choices)}, "
@@ -175,9 +212,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       if name.strip() not in local.SHARED:
         raise ConfigError(f"config.ood_sets: {name.strip()!r} is not a shared dataset; "
                           f"expected comma-separated names from {', '.join(sorted(local.SHARED))}")
-  from ols_jax import evaluation  # pylint: disable=import-outside-toplevel
   try:
-    evaluation.evals_of(config)
+    evals_of(config)
   except ValueError as e:
     raise ConfigError(f"config.{e}") from None
   if config.get("cross_source"):

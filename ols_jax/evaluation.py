@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ols_jax import calibration
+from ols_jax import config as config_lib
 from ols_jax import conformal
 from ols_jax import data as data_lib
 from ols_jax import embeddings as embeddings_lib
@@ -151,40 +152,10 @@ class FinalEvaluation:
   ood_fit: Optional[dict[str, np.ndarray]] = None
 
 
-# The final evaluation's optional evaluators (``config.evals``), in the order
-# they run, each with the per-example outputs it reads. Classification (the
-# temperature, val / test / test_ts metrics and reliability curves) always runs.
-EVALUATORS = {
-    "conformal": ("val", "test"),
-    "selective": ("val", "test"),
-    "embedding": ("test",),
-    "ood": ("train", "val", "test", "far-OOD sets"),
-    "cross_source": ("val", "cross-source set"),
-    "shift": ("test images under the corruption suite",),
-}
-DEFAULT_EVALS = ("conformal", "selective", "embedding", "ood")
-
-
-def evals_of(config) -> tuple[str, ...]:
-  """The evaluators a run's final evaluation runs, in :data:`EVALUATORS` order.
-
-  ``config.evals`` (comma-separated; empty: :data:`DEFAULT_EVALS`), plus
-  ``cross_source`` when ``config.cross_source`` names a set and ``shift`` when
-  ``config.shift_eval``. Raises ``ValueError`` naming an unknown evaluator.
-  """
-  names = [n.strip() for n in str(config.get("evals", "") or "").split(",") if n.strip()]
-  unknown = [n for n in names if n not in EVALUATORS]
-  if unknown:
-    raise ValueError(f"evals: unknown evaluator(s) {unknown}; expected names from "
-                     f"{', '.join(EVALUATORS)}")
-  if "cross_source" in names and not config.get("cross_source"):
-    raise ValueError("evals: cross_source needs config.cross_source (the set to score)")
-  chosen = set(names or DEFAULT_EVALS)
-  if config.get("cross_source"):
-    chosen.add("cross_source")
-  if config.get("shift_eval"):
-    chosen.add("shift")
-  return tuple(n for n in EVALUATORS if n in chosen)
+# The evaluators (their names and what each reads live with the config).
+EVALUATORS = config_lib.EVALUATORS
+DEFAULT_EVALS = config_lib.DEFAULT_EVALS
+evals_of = config_lib.evals_of
 
 
 def final(dp: parallel.DataParallel, state, splits, config, *, run_fields: dict[str, Any],

@@ -264,6 +264,26 @@ def loss_spec(config: ml_collections.ConfigDict, num_classes: int) -> losses.Los
       mbls_alpha=float(config.mbls_alpha))
 
 
+def migrate(saved: dict) -> ml_collections.ConfigDict:
+  """A finished run's saved ``config.json`` as a config of today's fields.
+
+  The one reader of old configs: every field added since the run was made
+  takes its :func:`base_config` default (the value that run had in effect),
+  saved values are kept, and fields no longer known are kept as they are (a
+  retired method name, e.g. ``tfkd``, stays readable: inference builds no loss).
+
+  Args:
+    saved: the parsed ``config.json``.
+
+  Returns:
+    The config (not validated: an old run may hold names today's
+    :func:`validate` refuses).
+  """
+  merged = base_config().to_dict()
+  merged.update(saved)
+  return ml_collections.ConfigDict(merged)
+
+
 def result_affecting_differences(saved: dict, current: dict) -> list[str]:
   """Names of fields whose values differ and that change results.
 

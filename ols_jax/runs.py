@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 
 from ols_jax import checkpointing
+from ols_jax import config as config_lib
 from ols_jax import conformal
 from ols_jax import data as data_lib
 from ols_jax import evaluation
@@ -48,7 +49,6 @@ from ols_jax import run_files
 from ols_jax import selective
 from ols_jax.config import ConfigError
 
-# The Mahalanobis fit and OOD thresholds a finished run saves (train.write_outputs).
 # OOD scores a rule can use (predict's --ood_score choices), the default first.
 OOD_SCORES = ("mahalanobis", "energy", "msp")
 
@@ -99,7 +99,7 @@ def _read_json(path: pathlib.Path) -> Any:
 
 
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """A run's ``config.json``.
+  """A run's ``config.json``, migrated to today's fields (:func:`ols_jax.config.migrate`).
 
   Args:
     workdir: the run's workdir.
@@ -108,9 +108,13 @@ def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     The config.
 
   Raises:
-    ConfigError: the file is unreadable.
+    ConfigError: the file is unreadable or not a JSON object.
   """
-  return ml_collections.ConfigDict(_read_json(pathlib.Path(workdir) / run_files.CONFIG))
+  path = pathlib.Path(workdir) / run_files.CONFIG
+  saved = _read_json(path)
+  if not isinstance(saved, dict):
+    raise ConfigError(f"{path}: expected a JSON object of config fields")
+  return config_lib.migrate(saved)
 
 
 def restore_model(workdir: str | os.PathLike, config: ml_collections.ConfigDict,

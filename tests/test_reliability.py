@@ -687,3 +687,21 @@ def test_full_disk_keeps_last_checkpoints(tmp_path, capsys, shared_data):
   # The kept checkpoints resume on a disk with room.
   _, summary = train.train_and_evaluate(config, copy)
   assert summary["final_step"] == 15
+
+
+def test_an_old_config_json_is_migrated_to_todays_fields(tmp_path):
+  """tests/data/config_f316bbc_tfkd.json: base_config of commit f316bbc (method 'tfkd',
+  retired since), as a run of that commit wrote it."""
+  from ols_jax import runs  # pylint: disable=import-outside-toplevel
+  old = pathlib.Path(__file__).parent / "data" / "config_f316bbc_tfkd.json"
+  shutil.copy(old, tmp_path / "config.json")
+  cfg = runs.read_config(tmp_path)
+  saved = json.loads(old.read_text())
+  assert set(cfg.keys()) == set(config_lib.base_config().keys())
+  # Saved values kept; fields added since take the default they had in effect.
+  assert all(cfg[k] == v for k, v in saved.items())
+  assert cfg.method == "tfkd" and cfg.evals == "" and cfg.backbone_lr_multiplier == 1.0
+  assert cfg.calibration_split == config_lib.base_config().calibration_split
+  (tmp_path / "config.json").write_text("[1, 2]")
+  with pytest.raises(config_lib.ConfigError, match="expected a JSON object"):
+    runs.read_config(tmp_path)

@@ -692,6 +692,7 @@ def test_full_disk_keeps_last_checkpoints(tmp_path, capsys, shared_data):
 def test_an_old_config_json_is_migrated_to_todays_fields(tmp_path):
   """tests/data/config_f316bbc_tfkd.json: base_config of commit f316bbc (method 'tfkd',
   retired since), as a run of that commit wrote it."""
+  from ols_jax import config as config_lib  # pylint: disable=import-outside-toplevel
   from ols_jax import runs  # pylint: disable=import-outside-toplevel
   old = pathlib.Path(__file__).parent / "data" / "config_f316bbc_tfkd.json"
   shutil.copy(old, tmp_path / "config.json")

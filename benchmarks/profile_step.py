@@ -44,22 +44,44 @@ CASES = (("x025_28px_b128", 28, 128, 0.25), ("x1_64px_b32", 64, 32, 1.0))
 TINY_CASES = (("tiny", 16, 8, 0.125),)
 
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\][^ ]*\s+([\w\-]+)\(")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _BN = re.compile(r"(^|/)(bn\d*|downsample_bn)(/|$)")
 
 
 def parse_hlo(text: str) -> dict:
-  """``{instruction name: (opcode, output shape, op_name)}`` of an HLO module."""
-  out = {}
+  """``{instruction: (opcode, output shape, op_name, called computation,
+  computation it lies in)}`` of an HLO module's text."""
+  out, computation = {}, None
   for line in text.splitlines():
     m = _INSTR.match(line)
     if not m:
+      c = _COMPUTATION.match(line)
+      if c:
+        computation = c.group(1)
       continue
     name, _, dims, opcode = m.groups()
     shape = tuple(int(d) for d in dims.split(",") if d)
     op = _OP_NAME.search(line)
-    out[name] = (opcode, shape, op.group(1) if op else "")
+    calls = _CALLS.search(line)
+    out[name] = (opcode, shape, op.group(1) if op else "", calls.group(1) if calls else None,
+                 computation)
   return out
+
+
+def _inner_convolution(hlo: dict, computation: str, seen=()) -> tuple | None:
+  """The first convolution inside ``computation`` (or a computation it calls)."""
+  for opcode, shape, op_name, calls, where in hlo.values():
+    if where != computation:
+      continue
+    if opcode == "convolution":
+      return shape, op_name
+    if calls and calls not in seen:
+      found = _inner_convolution(hlo, calls, seen + (computation,))
+      if found:
+        return found
+  return None
 
 
 def classify(opcode: str, shape: tuple, op_name: str, kernel_shapes: set) -> str:
@@ -78,15 +100,26 @@ def classify(opcode: str, shape: tuple, op_name: str, kernel_shapes: set) -> str
 
 
 def categorise(events, hlo: dict, kernel_shapes: set) -> dict:
-  """Summed microseconds per category over the trace's thunk events."""
+  """Summed microseconds per category over the trace's thunk events.
+
+  A fusion that holds a convolution (XLA CPU runs most convolutions inside
+  YNN / XNNPACK / oneDNN fusions) counts as that convolution: its shape and
+  metadata, else the fusion's own metadata.
+  """
   sums = collections.Counter()
+  inner_cache = {}
   for e in events:
     if e.get("ph") != "X" or e["name"] not in hlo:
       continue
-    opcode, shape, op_name = hlo[e["name"]]
-    if opcode == "fusion":
-      # A fusion is named after its root; its own metadata says where it came from.
-      opcode = "copy" if re.match(r"(transpose_copy|copy|bitcast)", e["name"]) else opcode
+    opcode, shape, op_name, calls, _ = hlo[e["name"]]
+    if opcode in ("fusion", "custom-call", "call") and calls:
+      if calls not in inner_cache:
+        inner_cache[calls] = _inner_convolution(hlo, calls)
+      inner = inner_cache[calls]
+      if inner is not None:
+        opcode, shape, op_name = "convolution", inner[0], inner[1] or op_name
+    if opcode == "fusion" and re.match(r"(transpose_copy|copy|bitcast)", e["name"]):
+      opcode = "copy"  # a fusion is named after its root
     sums[classify(opcode, shape, op_name, kernel_shapes)] += e.get("dur", 0.0)
   return {c: float(sums.get(c, 0.0)) for c in CATEGORIES}
 

@@ -220,6 +220,11 @@ def split_for_pmap(batch: dict[str, np.ndarray], num_devices: int) -> dict[str, 
 # ----------------------------------------------------------------------------
 
 
+def _inference_only(*_, **__):
+  raise TypeError("this DataParallel was built for inference (spec=None): it has no "
+                  "train step or epoch boundary")
+
+
 class DataParallel:
   """The compiled steps of one data-parallel mode behind one interface.
 
@@ -227,10 +232,11 @@ class DataParallel:
   ``boundary(state)`` take and return device-side state; ``to_device`` /
   ``to_host`` convert a plain (single-copy) TrainState. Metrics come back as
   global sums and eval outputs as host ``(B, ...)`` arrays of the whole global
-  batch (on every process) in both modes.
+  batch (on every process) in both modes. ``spec=None`` builds the evaluation
+  steps only (inference: no loss is constructed).
   """
 
-  def __init__(self, mode: str, spec: losses.LossSpec,
+  def __init__(self, mode: str, spec: Optional[losses.LossSpec],
                devices: Sequence[jax.Device], *, num_bins: int = 15,
                teacher_apply: Optional[Callable[..., Any]] = None):
     if mode not in ("jit", "pmap"):
@@ -243,20 +249,24 @@ class DataParallel:
         raise ValueError(f"num_devices: a multi-process run uses every device of "
                          f"every process ({jax.device_count()}), got {n}")
       self.mesh = make_mesh(self.devices)
-      self._train = jit_train_step(spec, self.mesh, teacher_apply)
       self._eval = jit_eval_step(self.mesh, num_bins, with_outputs=False)
       self._eval_out = jit_eval_step(self.mesh, num_bins, with_outputs=True)
-      self._boundary = jit_epoch_boundary(self.mesh, spec.freeze_threshold,
-                                          spec.ols_momentum)
+      if spec is not None:
+        self._train = jit_train_step(spec, self.mesh, teacher_apply)
+        self._boundary = jit_epoch_boundary(self.mesh, spec.freeze_threshold,
+                                            spec.ols_momentum)
     else:
       if jax.process_count() > 1:
         raise ValueError("parallel: the pmap path runs on one host; use 'jit' "
                          "across hosts")
       self.mesh = None
-      self._train = pmap_train_step(spec, teacher_apply)
       self._eval = pmap_eval_step(num_bins, with_outputs=False)
       self._eval_out = pmap_eval_step(num_bins, with_outputs=True)
-      self._boundary = pmap_epoch_boundary(spec.freeze_threshold, spec.ols_momentum)
+      if spec is not None:
+        self._train = pmap_train_step(spec, teacher_apply)
+        self._boundary = pmap_epoch_boundary(spec.freeze_threshold, spec.ols_momentum)
+    if spec is None:  # inference only: no loss, no train step, no epoch boundary
+      self._train = self._boundary = _inference_only
     self._n = n
 
   def to_device(self, tree: Any) -> Any:

@@ -41,7 +41,6 @@ from ols_jax import config as config_lib
 from ols_jax import conformal
 from ols_jax import data as data_lib
 from ols_jax import evaluation
-from ols_jax import losses
 from ols_jax import models
 from ols_jax import ood as ood_lib
 from ols_jax import parallel
@@ -463,10 +462,9 @@ def on_devices(run: FinishedRun, devices: Optional[Sequence[Any]] = None) -> OnD
     :class:`OnDevices` for :func:`infer`.
   """
   devices = list(jax.devices() if devices is None else devices)
-  # Inference never reads the training loss: a plain CE spec keeps workdirs of every
-  # method loadable, retired method names (an old ``tfkd``) included.
-  dp = parallel.DataParallel("jit", losses.LossSpec(method="ce", num_classes=run.num_classes),
-                             devices, num_bins=int(run.config.num_bins))
+  # Inference builds no loss (spec=None): workdirs of every method load, retired
+  # method names (an old ``tfkd``) included.
+  dp = parallel.DataParallel("jit", None, devices, num_bins=int(run.config.num_bins))
   state = InferenceState(params=run.variables["params"],
                          batch_stats=run.variables.get("batch_stats", {}),
                          apply_fn=run.apply_fn)

@@ -714,3 +714,17 @@ def test_a_workdir_of_a_retired_method_still_predicts(run_dir, tmp_path):
   b = predict.predict_to_file(old, _npz(), tmp_path / "b.jsonl", progress=False)
   assert a["ood"] == b["ood"]
   assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+
+
+def test_inference_builds_no_loss(monkeypatch):
+  """DataParallel(spec=None), what runs.on_devices builds, constructs no LossSpec and has
+  no train step (the predict tests above open real workdirs through it)."""
+  from ols_jax import losses  # pylint: disable=import-outside-toplevel
+
+  def refuse(*_, **__):
+    raise AssertionError("inference built a LossSpec")
+
+  monkeypatch.setattr(losses, "LossSpec", refuse)
+  dp = parallel.DataParallel("jit", None, jax.devices()[:1])
+  with pytest.raises(TypeError, match="built for inference"):
+    dp.train(None, None)

@@ -145,7 +145,7 @@ def _cold_start(name, title, config, epochs):
       extra=("--config.augment=none", "--config.calibration_split=test_half",
              f"--config.num_epochs={epochs}", "--config.evals=conformal,selective",
              "--cpu_devices=1"),
-      split_per_seed=True,
+      split_per_seed=True, reference="ce_random",
       comparisons=(("ce_random", "ols_random"), ("ce_pretrained", "ols_pretrained"),
                    ("ce_random", "ce_pretrained"), ("ols_random", "ols_pretrained")))
 

@@ -455,3 +455,27 @@ def test_job_env_caps_every_thread_pool_and_keeps_the_parent():
   assert all(four[v] == "4" for v in grid_runner.THREAD_POOL_VARS)
   assert grid_runner.job_env(base, 0) == base
   assert base == {"XLA_FLAGS": "--xla_dump_to=/x", "OMP_NUM_THREADS": "3", "PATH": "/bin"}
+
+
+@pytest.mark.slow
+def test_a_sweep_without_a_ce_arm_reports_against_its_reference(tmp_path):
+  arms = (sweep_lib.Arm("ce_random", "ce"), sweep_lib.Arm("ols_random", "ols"))
+  sweep = sweep_lib.Sweep(name="t", title="t", config="c.py", model="tiny_cnn", arms=arms,
+                          seeds=(0, 1), reference="ce_random",
+                          comparisons=(("ce_random", "ols_random"),))
+  rng = np.random.default_rng(2)
+  (tmp_path / "selection.json").write_text(json.dumps({"rule": "r", "arms": {
+      a.name: {"folder": a.name, "candidate": [], "scores": {}} for a in arms}}))
+  for arm in arms:
+    for seed in (0, 1):
+      src = tmp_path / "src" / arm.name / str(seed)
+      rec = _fake_run(src, 1.0, 0.3, seed, rng)
+      dest = tmp_path / "tiny_cnn" / arm.name
+      dest.mkdir(parents=True, exist_ok=True)
+      (dest / f"seed{seed}.json").write_text((src / "results.json").read_text())
+      (dest / f"seed{seed}_metrics.jsonl").write_text((src / "metrics.jsonl").read_text())
+      np.savez(dest / f"seed{seed}_records.npz", **rec)
+  text = sweep_report.write_summary(sweep, tmp_path, list(sweep.comparisons),
+                                    num_resamples=50).read_text()
+  assert "## Regime of the reference (ce_random)" in text
+  assert "## Paired differences: ols_random minus ce_random" in text

@@ -81,6 +81,9 @@ class Sweep:
   # The summary's paired comparisons ``(reference arm, arm)``; empty: CE
   # against every arm, then LS / FLSD-53 / MbLS against every OLS arm.
   comparisons: tuple[tuple[str, str], ...] = ()
+  # The arm whose seed-0 regime the summary reads and that every calibration
+  # verdict is against (CE + TS is that arm after temperature scaling).
+  reference: str = "ce"
 
   def _more(self, seed: int) -> tuple[tuple[str, Any], ...]:
     return (("calibration_split_seed", seed),) if self.split_per_seed else ()

@@ -708,7 +708,8 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
   plots.arm_curves({arm: [_epoch_records(runs[s]) for s in sorted(runs)]
                     for arm, runs in kept.items() if runs},
                    folder / "curves.png", title=sweep.title)
-  comparisons = comparisons or [("ce", a.name) for a in sweep.arms if a.name != "ce"]
+  ref = sweep.reference
+  comparisons = comparisons or [(ref, a.name) for a in sweep.arms if a.name != ref]
   halves = uses_halves(kept)
   tuned_on = ("the calibration half of the test split only; \"val\" below is that half"
               if halves else "validation split only")
@@ -720,11 +721,11 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
            f"## Kept setting of every arm, mean ± std over seeds ({reported})", "",
            arm_table(kept), "",
            "Validation curves of the kept settings (every seed): `curves.png`.", "",
-           "## Regime of the reference (CE)", ""]
+           f"## Regime of the reference ({ref})", ""]
   if halves:
-    parts += [plan_regime_line(kept), ""]
-  parts += [regime_lines(kept), ""]
-  gap = val_test_table(kept)
+    parts += [plan_regime_line(kept, ref), ""]
+  parts += [regime_lines(kept, ref), ""]
+  gap = val_test_table(kept, ref)
   if gap:
     parts += [gap, ""]
   sections, results = [], {}
@@ -737,7 +738,7 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
                  f"Per seed: {num_resamples:,} paired bootstrap resamples of the test examples. "
                  "Over seeds: Student-t interval of the mean per-seed difference.", "", table,
                  ""]
-  allowed = calibration_verdict_allowed(kept)
+  allowed = calibration_verdict_allowed(kept, ref)
   parts += ["## Verdict, in words", "",
             "Negative differences = b lower = b better. A verdict needs at least two seeds and "
             "an over-seeds interval that excludes 0; ECE rows carry a verdict only when CE is "
@@ -745,7 +746,7 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
                if halves else "in the over-confident regime on every seed ")
             + f"({'it is' if allowed else 'it is not'}, see above).", "",
             verdict_table(results, allowed), ""]
-  cal = calibration_verdict_table(kept, cache, allowed)
+  cal = calibration_verdict_table(kept, cache, allowed, ref)
   if cal:
     parts += ["## Calibration verdict: every arm against CE and against CE + TS", "",
               "Each arm against CE raw, the arm raw against CE after temperature scaling "
@@ -756,7 +757,7 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
               "only when CE is over-confident (the cell's regime verdict above); n/a = not in the "
               "collected records "
               "(collected before that metric was recorded).", "", cal, ""]
-  rel = reliability_sums(kept)
+  rel = reliability_sums(kept, ref)
   if rel:
     plots.combined_reliability(rel, folder / "reliability.png",
                                title="Kept settings on the test split, seeds pooled")
@@ -767,7 +768,7 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
   if shift_curves:
     plots.arm_shift_curves(shift_curves, folder / "shift.png",
                            title=f"{sweep.title}: under corruption")
-  parts += trust_section(kept)
+  parts += trust_section(kept, ref)
   if shift_curves:
     parts += ["Error and ECE against severity, each arm's kept setting (mean over the 8 "
               "corruptions and the collected seeds): `shift.png`.", ""]

@@ -146,6 +146,7 @@ def _cold_start(name, title, config, epochs):
              f"--config.num_epochs={epochs}", "--config.evals=conformal,selective",
              "--cpu_devices=1"),
       split_per_seed=True, reference="ce_random",
+      interactions=((("ce_random", "ols_random"), ("ce_pretrained", "ols_pretrained")),),
       comparisons=(("ce_random", "ols_random"), ("ce_pretrained", "ols_pretrained"),
                    ("ce_random", "ce_pretrained"), ("ols_random", "ols_pretrained")))
 

@@ -479,3 +479,19 @@ def test_a_sweep_without_a_ce_arm_reports_against_its_reference(tmp_path):
                                     num_resamples=50).read_text()
   assert "## Regime of the reference (ce_random)" in text
   assert "## Paired differences: ols_random minus ce_random" in text
+
+
+def test_interaction_is_the_difference_of_paired_differences():
+  def run(err, nll):
+    return {"test": {"top1_error": err, "nll": nll, "ece": 0.1},
+            "test_ts": {"nll": nll, "ece": 0.1}}
+  kept = {"ce_r": {0: run(.3, 1.0), 1: run(.3, 1.1), 2: run(.3, 1.0)},
+          "ols_r": {0: run(.3, .9), 1: run(.3, 1.0)},
+          "ce_p": {0: run(.2, .8), 1: run(.2, .8)}, "ols_p": {0: run(.2, .6), 1: run(.2, .5)}}
+  table = sweep_report.interaction_table(kept, ("ce_r", "ols_r"), ("ce_p", "ols_p"))
+  # Seeds 0 and 1 have all four runs: (0.6 - 0.8) - (0.9 - 1.0) = -0.1, (0.5 - 0.8) - (1.0 - 1.1) = -0.2.
+  nll = next(line for line in table.splitlines() if line.startswith("| NLL |"))
+  cells = [c.strip() for c in nll.strip("|").split("|")]
+  assert cells[1:3] == ["-0.100", "-0.200"] and cells[3].startswith("-0.150 [")
+  assert "mean over 2 seed(s)" in table
+  assert sweep_report.interaction_table(kept, ("ce_r", "ols_r"), ("ce_p", "nope")) == ""

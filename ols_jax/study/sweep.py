@@ -84,6 +84,9 @@ class Sweep:
   # The arm whose seed-0 regime the summary reads and that every calibration
   # verdict is against (CE + TS is that arm after temperature scaling).
   reference: str = "ce"
+  # Differences of paired differences ``((ref_a, arm_a), (ref_b, arm_b))``:
+  # (arm_b - ref_b) - (arm_a - ref_a) per seed (an interaction).
+  interactions: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = ()
 
   def _more(self, seed: int) -> tuple[tuple[str, Any], ...]:
     return (("calibration_split_seed", seed),) if self.split_per_seed else ()

@@ -693,6 +693,44 @@ def reliability_sums(kept: dict[str, dict[int, dict]], reference: str = "ce"
   return out
 
 
+INTERACTION_METRICS = (("test", "top1_error", "top-1 error (points)", 100.0),
+                       ("test", "nll", "NLL", 1.0), ("test", "ece", "ECE (points)", 100.0),
+                       ("test_ts", "nll", "NLL after TS", 1.0),
+                       ("test_ts", "ece", "ECE after TS (points)", 100.0))
+
+
+def interaction_table(kept: dict[str, dict[int, dict]], first: tuple[str, str],
+                      second: tuple[str, str]) -> str:
+  """``(b2 - a2) - (b1 - a1)`` per seed on the reported metrics, mean over seeds
+  with a Student-t interval; the four runs of a seed share its test halves.
+
+  Args:
+    kept: ``{arm: {seed: run}}`` (:func:`kept_runs`).
+    first, second: ``(reference, arm)`` pairs, e.g. (CE, OLS) from a random
+      and from a pretrained start.
+
+  Returns:
+    A markdown table (empty when no seed has all four runs).
+  """
+  (a1, b1), (a2, b2) = first, second
+  seeds = sorted(set.intersection(*(set(kept.get(x, {})) for x in (a1, b1, a2, b2))))
+  if not seeds:
+    return ""
+  rows = ["| metric | " + " | ".join(f"seed {s}" for s in seeds)
+          + f" | mean over {len(seeds)} seed(s) [95% t-interval] | resolved |",
+          "|---|" + "---|" * len(seeds) + "---|---|"]
+  for split, key, label, scale in INTERACTION_METRICS:
+    def value(arm, seed):
+      return float(kept[arm][seed].get(split, {}).get(key, float("nan")))
+    d = [scale * ((value(b2, s) - value(a2, s)) - (value(b1, s) - value(a1, s))) for s in seeds]
+    over = stats.t_interval(d)
+    resolved = ("n/a" if np.isnan(over.estimate) else
+                "no (interval includes 0)" if over.low <= 0.0 <= over.high else "yes")
+    rows.append(f"| {label} | " + " | ".join(f"{x:+.3f}" for x in d)
+                + f" | {over.estimate:+.3f} [{over.low:+.3f}, {over.high:+.3f}] | {resolved} |")
+  return "\n".join(rows)
+
+
 def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
                   comparisons: Sequence[tuple[str, str]] = (), *,
                   num_resamples: int = 2000) -> pathlib.Path:
@@ -772,6 +810,12 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
   if shift_curves:
     parts += ["Error and ECE against severity, each arm's kept setting (mean over the 8 "
               "corruptions and the collected seeds): `shift.png`.", ""]
+  for first, second in sweep.interactions:
+    table = interaction_table(kept, first, second)
+    if table:
+      parts += [f"## Interaction: ({second[1]} - {second[0]}) minus ({first[1]} - {first[0]})",
+                "", "Per seed, on the reported half; negative = the second difference is "
+                "lower. Every interval is shown; none is multiplicity-corrected.", "", table, ""]
   parts += sections
   path = folder / "summary.md"
   fileio.atomic_write_text(path, "\n".join(parts))

@@ -56,13 +56,7 @@ def main(argv=None):
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src / "selection.json", dest / "selection.json")
     print(f"{sweep.name}: {n} finished runs collected -> {dest}")
-  comparisons = list(sweep.comparisons)
-  if not comparisons:
-    comparisons = [("ce", a.name) for a in sweep.arms if a.name != "ce"]
-    names = [a.name for a in sweep.arms]
-    comparisons += [(ref, a) for ref in ("ls", "flsd53", "mbls") if ref in names
-                    for a in names if a.startswith("ols")]
-  path = sweep_report.write_summary(sweep, dest, comparisons)
+  path = sweep_report.write_summary(sweep, dest, sweep.summary_comparisons())
   print(f"summary: {path}")
 
 

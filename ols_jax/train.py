@@ -579,7 +579,7 @@ def _init_from(config, state) -> tuple[Any, Optional[dict[str, Any]]]:
     except tv_weights.WeightImportError as e:
       raise config_lib.ConfigError(f"config.init_from: {e}") from None
     state = state.replace(params=params, batch_stats=stats, opt_state=state.tx.init(params))
-    return state, {**record, "file": source}
+    return state, record
   src_config = runs.read_config(path)
   for key in ("model", "width_multiplier", "small_input"):
     if src_config.get(key) != config.get(key):

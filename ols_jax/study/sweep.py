@@ -88,6 +88,16 @@ class Sweep:
   # (arm_b - ref_b) - (arm_a - ref_a) per seed (an interaction).
   interactions: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = ()
 
+  def summary_comparisons(self) -> list[tuple[str, str]]:
+    """The summary's paired comparisons: :attr:`comparisons`, else the
+    reference against every arm, then LS / FLSD-53 / MbLS against every OLS arm."""
+    if self.comparisons:
+      return list(self.comparisons)
+    names = [a.name for a in self.arms]
+    out = [(self.reference, a) for a in names if a != self.reference]
+    return out + [(ref, a) for ref in ("ls", "flsd53", "mbls") if ref in names
+                  for a in names if a.startswith("ols")]
+
   def _more(self, seed: int) -> tuple[tuple[str, Any], ...]:
     return (("calibration_split_seed", seed),) if self.split_per_seed else ()
 

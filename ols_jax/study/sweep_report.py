@@ -747,7 +747,7 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
                     for arm, runs in kept.items() if runs},
                    folder / "curves.png", title=sweep.title)
   ref = sweep.reference
-  comparisons = comparisons or [(ref, a.name) for a in sweep.arms if a.name != ref]
+  comparisons = comparisons or sweep.summary_comparisons()
   halves = uses_halves(kept)
   tuned_on = ("the calibration half of the test split only; \"val\" below is that half"
               if halves else "validation split only")

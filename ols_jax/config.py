@@ -8,10 +8,14 @@ fields are an error.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import ml_collections
 
-from ols_jax import losses
 from ols_jax.ols import INITS
+
+if TYPE_CHECKING:
+  from ols_jax import losses
 
 
 class ConfigError(ValueError):
@@ -251,6 +255,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def loss_spec(config: ml_collections.ConfigDict, num_classes: int) -> losses.LossSpec:
   """The static :class:`ols_jax.losses.LossSpec` of a config."""
+  from ols_jax import losses  # pylint: disable=import-outside-toplevel
   return losses.LossSpec(
       method=config.method, num_classes=num_classes, alpha=float(config.alpha),
       eps=float(config.eps), temperature=float(config.temperature),

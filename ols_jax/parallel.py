@@ -9,20 +9,26 @@ and feeds only its own rows of the global batch; :func:`put_batch` assembles
 them into one global ``jax.Array`` with ``jax.make_array_from_process_local_data``.
 Replicated results (state, metric sums) are read on every process;
 batch-sharded outputs are gathered with :func:`global_rows`.
+
+The training steps (:mod:`ols_jax.steps`, and through them the losses) are
+imported only by the builders of a train step or epoch boundary, so an
+inference-only :class:`DataParallel` (``spec=None``) loads no loss code.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ols_jax import losses
-from ols_jax import steps
+from ols_jax import inference
+
+if TYPE_CHECKING:
+  from ols_jax import losses
 
 DATA_AXIS = "data"
 PMAP_AXIS = "batch"
@@ -102,6 +108,7 @@ def jit_train_step(spec: losses.LossSpec, mesh: Mesh,
   """``train_step`` compiled for the mesh: state replicated and donated, batch
   sharded on ``'data'``; BatchNorm statistics are over the global batch."""
   repl, data = replicated_sharding(mesh), data_sharding(mesh)
+  from ols_jax import steps  # pylint: disable=import-outside-toplevel
   fn = functools.partial(steps.train_step, spec=spec, teacher_apply=teacher_apply)
   in_shardings = (repl, data, repl) if spec.needs_teacher else (repl, data)
   return jax.jit(fn, in_shardings=in_shardings, out_shardings=(repl, repl),
@@ -110,7 +117,7 @@ def jit_train_step(spec: losses.LossSpec, mesh: Mesh,
 
 def jit_eval_step(mesh: Mesh, num_bins: int = 15, with_outputs: bool = True):
   repl, data = replicated_sharding(mesh), data_sharding(mesh)
-  fn = functools.partial(steps.eval_step, num_bins=num_bins,
+  fn = functools.partial(inference.eval_step, num_bins=num_bins,
                          with_outputs=with_outputs)
   return jax.jit(fn, in_shardings=(repl, data),
                  out_shardings=(repl, data))
@@ -119,6 +126,7 @@ def jit_eval_step(mesh: Mesh, num_bins: int = 15, with_outputs: bool = True):
 def jit_epoch_boundary(mesh: Mesh, freeze_threshold: Optional[float] = None,
                        momentum: float = 0.0):
   repl = replicated_sharding(mesh)
+  from ols_jax import steps  # pylint: disable=import-outside-toplevel
   fn = functools.partial(steps.epoch_boundary, freeze_threshold=freeze_threshold,
                          momentum=momentum)
   return jax.jit(fn, in_shardings=(repl,), out_shardings=repl, donate_argnums=(0,))
@@ -138,19 +146,21 @@ def pmap_train_step(spec: losses.LossSpec,
   averages its statistics across devices. OLS sums stay per device until
   :func:`pmap_epoch_boundary`.
   """
+  from ols_jax import steps  # pylint: disable=import-outside-toplevel
   fn = functools.partial(steps.train_step, spec=spec, teacher_apply=teacher_apply,
                          axis_name=PMAP_AXIS)
   return jax.pmap(fn, axis_name=PMAP_AXIS, donate_argnums=(0,) if donate else ())
 
 
 def pmap_eval_step(num_bins: int = 15, with_outputs: bool = True):
-  fn = functools.partial(steps.eval_step, num_bins=num_bins,
+  fn = functools.partial(inference.eval_step, num_bins=num_bins,
                          axis_name=PMAP_AXIS, with_outputs=with_outputs)
   return jax.pmap(fn, axis_name=PMAP_AXIS)
 
 
 def pmap_epoch_boundary(freeze_threshold: Optional[float] = None,
                         momentum: float = 0.0):
+  from ols_jax import steps  # pylint: disable=import-outside-toplevel
   fn = functools.partial(steps.epoch_boundary, freeze_threshold=freeze_threshold,
                          momentum=momentum, axis_name=PMAP_AXIS)
   return jax.pmap(fn, axis_name=PMAP_AXIS)

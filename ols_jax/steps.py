@@ -1,4 +1,5 @@
-"""Pure train / eval steps and the OLS epoch boundary.
+"""The pure train step and the OLS epoch boundary (the evaluation forward pass
+is :func:`ols_jax.inference.eval_step`, which needs no loss code).
 
 The same functions run on one device, under ``jax.jit`` with a sharded batch
 (pass ``axis_name=None``; XLA inserts the collectives) and under ``jax.pmap``
@@ -15,7 +16,6 @@ import jax.numpy as jnp
 import optax
 
 from ols_jax import losses
-from ols_jax import metrics as metrics_lib
 from ols_jax import ols
 from ols_jax import ops
 from ols_jax.train_state import TrainState
@@ -89,36 +89,6 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
       step=state.step + 1, params=params, opt_state=opt_state, ols=new_ols,
       batch_stats=updates.get("batch_stats", state.batch_stats))
   return new_state, metrics
-
-
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
-              num_bins: int = 15, axis_name: Optional[str] = None,
-              with_outputs: bool = True
-              ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-  """Evaluation forward pass (no OLS accumulation, no state change).
-
-  Args:
-    state: the :class:`TrainState`.
-    batch: ``image``, ``label`` and ``mask`` (padding rows have mask 0).
-    num_bins: calibration bins.
-    axis_name: pmap axis name or None.
-    with_outputs: also return per-example logits and embeddings.
-
-  Returns:
-    ``(sums, outputs)``: metric sums (see :func:`ols_jax.metrics.eval_sums`)
-    and ``{'logits', 'embedding'}`` per example (empty if not requested).
-  """
-  labels = batch["label"].astype(jnp.int32)
-  mask = ops.valid_mask(batch["label"].shape, batch.get("mask"))
-  logits, embedding = state.apply_fn(state.variables(), batch["image"],
-                                     train=False, return_embedding=True)
-  sums = metrics_lib.eval_sums(logits, labels, mask, num_bins=num_bins)
-  sums = _psum(sums, axis_name)
-  outputs = {}
-  if with_outputs:
-    outputs = {"logits": logits.astype(jnp.float32),
-               "embedding": embedding.astype(jnp.float32)}
-  return sums, outputs
 
 
 def epoch_boundary(state: TrainState, *, freeze_threshold: Optional[float] = None,

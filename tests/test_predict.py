@@ -124,13 +124,23 @@ def _reference_test_logits(workdir):
 # ----------------------------------------------------------------------------
 
 
-def test_inference_does_not_import_the_training_loop():
-  code = ("import sys, ols_jax.predict, ols_jax.runs, ols_jax.shift; "
-          "print('ols_jax.train' in sys.modules)")
+def test_inference_imports_neither_the_training_loop_nor_loss_code():
+  code = ("import sys, ols_jax.predict, ols_jax.runs, ols_jax.shift, ols_jax.shift_run; "
+          "print(sorted(m for m in ('ols_jax.train', 'ols_jax.losses', 'ols_jax.steps') "
+          "if m in sys.modules))")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                         text=True, timeout=120, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert proc.stdout.strip() == "False"
+  assert proc.stdout.strip() == "[]"
+
+
+def test_an_inference_only_data_parallel_has_no_epoch_boundary():
+  # spec=None builds only the forward pass; a boundary call says so instead of tracing.
+  import jax  # pylint: disable=import-outside-toplevel
+  from ols_jax import parallel  # pylint: disable=import-outside-toplevel
+  dp = parallel.DataParallel("jit", None, jax.devices()[:1])
+  with pytest.raises(TypeError, match="inference"):
+    dp.boundary(None)
 
 
 def test_npz_test_split_equals_the_final_evaluation(run_dir, tmp_path):

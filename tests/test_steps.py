@@ -18,6 +18,7 @@ from ols_jax import losses
 from ols_jax import ols
 from ols_jax import distributed
 from ols_jax import parallel
+from ols_jax import inference
 from ols_jax import steps
 from ols_jax import train_state
 
@@ -126,11 +127,11 @@ def test_eval_step_never_accumulates_and_respects_mask():
   state, _, _ = run_single(make_batches(2), epochs=1)
   batch = make_batches(1, seed=5)[0]
   batch["mask"][8:] = 0.0
-  sums, out = jax.jit(steps.eval_step)(state, batch)
+  sums, out = jax.jit(inference.eval_step)(state, batch)
   assert float(sums["count"]) == 8
   assert out["logits"].shape == (16, K) and out["embedding"].shape == (16, 8)
   half = {k: v[:8] for k, v in batch.items()}
-  sums_half, _ = jax.jit(steps.eval_step)(state, half)
+  sums_half, _ = jax.jit(inference.eval_step)(state, half)
   assert_trees_close(sums, sums_half, rtol=1e-5, atol=1e-5)
 
 

@@ -14,9 +14,24 @@ if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != _REPO:
   os.environ["PYTHONPATH"] = os.pathsep.join(
       p for p in (_REPO, os.environ.get("PYTHONPATH", "")) if p)
 
+import hypothesis  # noqa: E402
 import pytest  # noqa: E402
 
 from ols_jax import paths  # noqa: E402
+
+
+# Property searches without their own @settings (the jitted OLS ones) draw 25
+# examples in the full suite and 8 in the quick tier (-m "not slow"); every
+# shape drawn compiles anew, which is what makes them slow.
+for _name, _n in (("full", 25), ("quick", 8)):
+  hypothesis.settings.register_profile(
+      _name, max_examples=_n, deadline=None,
+      suppress_health_check=[hypothesis.HealthCheck.too_slow])
+
+
+def pytest_configure(config):
+  quick = "not slow" in (config.option.markexpr or "")
+  hypothesis.settings.load_profile("quick" if quick else "full")
 
 
 def require_dataset(name: str):

@@ -62,6 +62,7 @@ def test_multiplier_is_exact_on_the_first_update():
                  got[name], want[name])
 
 
+@pytest.mark.slow  # trains a ResNet-18 for a few steps
 def test_frozen_backbone_trains_the_head_only_and_keeps_bn_statistics():
   s0, s1 = _one_step(_config(freeze_backbone=True))
   head = models.HEAD_NAMES["tiny_cnn"]
@@ -85,6 +86,7 @@ def test_bad_values_are_config_errors(field, value):
     config_lib.validate(c)
 
 
+@pytest.mark.slow  # trains a ResNet-18 for a few steps
 def test_init_from_a_torchvision_file_sets_the_backbone(tmp_path):
   torch = pytest.importorskip("torch", reason="torch not installed (requirements.txt)")
   from ols_jax.models import torchvision_weights as tvw  # pylint: disable=import-outside-toplevel

@@ -98,3 +98,46 @@ def test_two_level_bootstrap_variance_matches_its_exact_value():
   assert iv.estimate == pytest.approx(m.mean())
   assert se ** 2 == pytest.approx(exact, rel=0.1)
   assert iv.low < m.mean() < iv.high
+
+
+def _records_with_errors(correct):
+  correct = np.asarray(correct, bool)
+  return {"correct": correct, "conf": np.full(len(correct), 0.7),
+          "logp": np.where(correct, -0.1, -2.0)}
+
+
+def test_contrast_bootstrap_of_one_run_has_the_binomial_standard_error():
+  # One seed: the error rate's bootstrap SE is sqrt(p (1 - p) / n). Three seeds
+  # holding the same records: seed resampling adds nothing, and the mean of
+  # three independent example resamples has SE sqrt(p (1 - p) / (3 n)).
+  n, p = 400, 0.25
+  rec = _records_with_errors(np.arange(n) >= p * n)
+  for seeds in (1, 3):
+    iv, se = meta.contrast_bootstrap([[rec]] * seeds, ("top1_error",), (1.0,),
+                                     num_resamples=3000, seed=1)
+    assert iv.estimate == pytest.approx(p)
+    assert se == pytest.approx(np.sqrt(p * (1 - p) / (seeds * n)), rel=0.08)
+
+
+def test_contrast_bootstrap_interaction_vanishes_when_the_starts_agree():
+  rng = np.random.default_rng(0)
+  groups = []
+  for _ in range(3):
+    a, b = (_records_with_errors(rng.random(60) < q) for q in (0.5, 0.8))
+    groups.append([a, b, a, b])  # (b - a) twice: the interaction is 0 in every resample
+  iv, se = meta.contrast_bootstrap(groups, ("nll",) * 4, (1.0, -1.0, -1.0, 1.0),
+                                   num_resamples=200)
+  assert iv.estimate == pytest.approx(0.0, abs=1e-12)
+  assert (iv.low, iv.high, se) == pytest.approx((0.0, 0.0, 0.0), abs=1e-12)
+
+
+def test_two_level_bootstrap_is_the_paired_contrast():
+  rng = np.random.default_rng(2)
+  pairs = [tuple(_records_with_errors(rng.random(50) < q) for q in (0.6, 0.7))
+           for _ in range(4)]
+  got = meta.two_level_bootstrap(pairs, "top1_error", num_resamples=300, seed=3)
+  want = meta.contrast_bootstrap(pairs, ("top1_error", "top1_error"), (-1.0, 1.0),
+                                 num_resamples=300, seed=3)
+  assert got == want
+  with pytest.raises(ValueError, match="names"):
+    meta.contrast_bootstrap(pairs, ("nll",), (1.0, -1.0))

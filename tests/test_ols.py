@@ -12,10 +12,7 @@ import oracles
 
 from ols_jax import ols
 
-hypothesis.settings.register_profile(
-    "ols", max_examples=25, deadline=None,
-    suppress_health_check=[hypothesis.HealthCheck.too_slow])
-hypothesis.settings.load_profile("ols")
+# Example counts: conftest's hypothesis profiles (25 in the full suite, 8 in the quick tier).
 
 
 # --------------------------------------------------------------------------

@@ -15,10 +15,7 @@ from ols_jax import ols
 from ols_jax import steps
 
 
-hypothesis.settings.register_profile(
-    "ols_arms", max_examples=25, deadline=None,
-    suppress_health_check=[hypothesis.HealthCheck.too_slow])
-hypothesis.settings.load_profile("ols_arms")
+# Example counts: conftest's hypothesis profiles (25 in the full suite, 8 in the quick tier).
 
 
 def np_next_with_momentum(sums, counts, prev, m):

@@ -493,5 +493,44 @@ def test_interaction_is_the_difference_of_paired_differences():
   nll = next(line for line in table.splitlines() if line.startswith("| NLL |"))
   cells = [c.strip() for c in nll.strip("|").split("|")]
   assert cells[1:3] == ["-0.100", "-0.200"] and cells[3].startswith("-0.150 [")
+  assert cells[4] == "n/a"  # no per-example records here: no bootstrap
   assert "mean over 2 seed(s)" in table
   assert sweep_report.interaction_table(kept, ("ce_r", "ols_r"), ("ce_p", "nope")) == ""
+
+
+def _run_with_errors(val_errors, train_acc=0.95):
+  return {"metrics": [{"epoch": e + 1, "eval/top1_error": v, "eval/nll": 2.0 * v,
+                       "eval/ece": v / 2.0, "train/loss": 1.0 - e / 10.0,
+                       "train/accuracy": train_acc}
+                      for e, v in enumerate(val_errors)]
+          + [{"step": 99, "train/loss": 0.5}]}  # a step record: no eval keys, ignored
+
+
+def test_convergence_table_counts_epochs_to_the_reference_bar_per_seed():
+  kept = {"ce_random": {0: _run_with_errors([0.6, 0.4, 0.3]), 1: _run_with_errors([0.5, 0.2])},
+          "ols_pretrained": {0: _run_with_errors([0.35, 0.3, 0.25]),
+                             1: _run_with_errors([0.9, 0.9], train_acc=0.05)}}
+  table = sweep_report.convergence_table(kept, "ce_random", seeds=(0, 1, 2))
+  rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
+          for r in table.splitlines()[2:]}
+  # The reference reaches its own final error at its last epoch.
+  assert rows["ce_random"][1] == "0: 3, 1: 2"
+  # seed 0: bar 0.3, first reached at epoch 2; seed 1: bar 0.2, never.
+  assert rows["ols_pretrained"][1] == "0: 2, 1: never"
+  assert rows["ols_pretrained"][0] == "2 of 3 (missing seed 2)"
+  assert rows["ols_pretrained"][4] == "1"  # seed 1 ends at 95% training error
+  assert rows["ce_random"][4] == "0"
+  assert sweep_report.convergence_table(kept, "ce", seeds=(0,)) == ""
+
+
+def test_epoch_curve_table_shows_mean_and_range_at_spread_epochs():
+  kept = {"ce": {0: _run_with_errors([0.5] * 10), 1: _run_with_errors([0.3] * 10)}}
+  table = sweep_report.epoch_curve_table(kept, max_columns=4)
+  header = table.splitlines()[0]
+  assert [c.strip() for c in header.split("|")[3:-1]] == [
+      "epoch 1", "epoch 4", "epoch 7", "epoch 10"]
+  err_row = next(r for r in table.splitlines() if "val top-1 error" in r)
+  assert "40.0 [30.0, 50.0]" in err_row
+  nll_row = next(r for r in table.splitlines() if "val NLL" in r)
+  assert "0.800 [0.600, 1.000]" in nll_row
+  assert sweep_report.epoch_curve_table({"ce": {}}) == ""

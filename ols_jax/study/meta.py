@@ -145,17 +145,68 @@ def cell_effect(diffs: Sequence[float]) -> tuple[float, float]:
   return float(d.mean()), float(d.var(ddof=1) / len(d))
 
 
+def contrast_bootstrap(groups: Sequence[Sequence[Mapping[str, np.ndarray]]],
+                       names: Sequence[str], weights: Sequence[float], *,
+                       num_resamples: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> tuple[stats.Interval, float]:
+  """Mean over seeds of a contrast ``sum_k w_k metric_k(run_k)``, resampling
+  seeds then examples.
+
+  Each resample draws ``len(groups)`` seeds with replacement and, for each
+  drawn seed, its test examples with replacement, the same indices for every
+  run of that seed (the runs of a seed share its reported examples); the
+  statistic is the mean of the drawn seeds' contrasts. Its spread carries both
+  sources of noise: the seeds and the test sample. A paired difference is
+  ``weights=(-1, 1)``; an interaction (b2 - a2) - (b1 - a1) is
+  ``weights=(1, -1, -1, 1)`` over ``(a1, b1, a2, b2)``.
+
+  Args:
+    groups: per seed, the :func:`ols_jax.study.stats.example_records` of each
+      run in the contrast, in the order of ``names`` and ``weights``.
+    names: a :data:`ols_jax.study.stats.METRICS` name per run.
+    weights: the contrast's weight per run.
+    num_resamples: bootstrap resamples.
+    level: interval coverage.
+    seed: resampling seed.
+
+  Returns:
+    ``(percentile interval around the observed mean, bootstrap standard error)``.
+  """
+  if not groups:
+    raise ValueError("contrast_bootstrap: no seeds")
+  if not len(names) == len(weights) == len(groups[0]):
+    raise ValueError(f"contrast_bootstrap: {len(groups[0])} runs per seed, "
+                     f"{len(names)} names, {len(weights)} weights")
+  for runs in groups:
+    sizes = {len(r["correct"]) for r in runs}
+    if len(sizes) != 1:
+      raise ValueError(f"contrast_bootstrap: {sorted(sizes)} examples in one seed")
+
+  def contrast(runs, index=None):
+    total = 0.0
+    for rec, name, w in zip(runs, names, weights):
+      total += w * stats.metric(rec, name, index)
+    return total
+
+  observed = float(np.mean([contrast(runs) for runs in groups]))
+  rng = np.random.default_rng(seed)
+  s = len(groups)
+  values = np.empty(num_resamples)
+  for i in range(num_resamples):
+    total = 0.0
+    for j in rng.integers(0, s, s):
+      n = len(groups[j][0]["correct"])
+      total += contrast(groups[j], rng.integers(0, n, n))
+    values[i] = total / s
+  return stats._percentile_interval(observed, values, level), float(values.std(ddof=1))  # pylint: disable=protected-access
+
+
 def two_level_bootstrap(pairs: Sequence[tuple[Mapping[str, np.ndarray],
                                               Mapping[str, np.ndarray]]],
                         name: str, *, name_a: str = "", num_resamples: int = 2000,
                         level: float = 0.95, seed: int = 0) -> tuple[stats.Interval, float]:
-  """Mean over seeds of ``metric(b) - metric(a)``, resampling seeds then examples.
-
-  Each resample draws ``len(pairs)`` seeds with replacement and, for each drawn
-  seed, its test examples with replacement (the same indices for ``a`` and
-  ``b``: the pair shares its examples); the statistic is the mean of the
-  drawn seeds' differences. Its spread carries both sources of noise: the
-  seeds and the test sample.
+  """Mean over seeds of ``metric(b) - metric(a)``: :func:`contrast_bootstrap`
+  with weights ``(-1, 1)``.
 
   Args:
     pairs: per seed, the :func:`ols_jax.study.stats.example_records` of arms
@@ -169,22 +220,11 @@ def two_level_bootstrap(pairs: Sequence[tuple[Mapping[str, np.ndarray],
   Returns:
     ``(percentile interval around the observed mean, bootstrap standard error)``.
   """
-  name_a = name_a or name
   if not pairs:
     raise ValueError("two_level_bootstrap: no seeds")
   for a, b in pairs:
     if len(a["correct"]) != len(b["correct"]):
       raise ValueError(f"two_level_bootstrap: {len(a['correct'])} vs "
                        f"{len(b['correct'])} examples in one seed")
-  observed = float(np.mean([stats.metric(b, name) - stats.metric(a, name_a) for a, b in pairs]))
-  rng = np.random.default_rng(seed)
-  s = len(pairs)
-  values = np.empty(num_resamples)
-  for i in range(num_resamples):
-    total = 0.0
-    for j in rng.integers(0, s, s):
-      a, b = pairs[j]
-      idx = rng.integers(0, len(a["correct"]), len(a["correct"]))
-      total += stats.metric(b, name, idx) - stats.metric(a, name_a, idx)
-    values[i] = total / s
-  return stats._percentile_interval(observed, values, level), float(values.std(ddof=1))  # pylint: disable=protected-access
+  return contrast_bootstrap(pairs, (name_a or name, name), (-1.0, 1.0),
+                            num_resamples=num_resamples, level=level, seed=seed)

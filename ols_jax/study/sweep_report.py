@@ -17,6 +17,7 @@ import numpy as np
 from ols_jax import fileio
 from ols_jax import plots
 from ols_jax.study import collected
+from ols_jax.study import meta
 from ols_jax.study import stats
 from ols_jax.study import sweep as sweep_lib
 
@@ -693,41 +694,143 @@ def reliability_sums(kept: dict[str, dict[int, dict]], reference: str = "ce"
   return out
 
 
-INTERACTION_METRICS = (("test", "top1_error", "top-1 error (points)", 100.0),
-                       ("test", "nll", "NLL", 1.0), ("test", "ece", "ECE (points)", 100.0),
-                       ("test_ts", "nll", "NLL after TS", 1.0),
-                       ("test_ts", "ece", "ECE after TS (points)", 100.0))
+INTERACTION_METRICS = (("test", "top1_error", "top-1 error (points)", 100.0, "top1_error"),
+                       ("test", "nll", "NLL", 1.0, "nll"),
+                       ("test", "ece", "ECE (points)", 100.0, "ece"),
+                       ("test_ts", "nll", "NLL after TS", 1.0, "nll_ts"),
+                       ("test_ts", "ece", "ECE after TS (points)", 100.0, "ece_ts"))
 
 
 def interaction_table(kept: dict[str, dict[int, dict]], first: tuple[str, str],
-                      second: tuple[str, str]) -> str:
+                      second: tuple[str, str], num_resamples: int = 2000) -> str:
   """``(b2 - a2) - (b1 - a1)`` per seed on the reported metrics, mean over seeds
-  with a Student-t interval; the four runs of a seed share its test halves.
+  with a Student-t interval and a two-level bootstrap interval (seeds, then the
+  reported examples, :func:`ols_jax.study.meta.contrast_bootstrap`); the four
+  runs of a seed share its test halves.
 
   Args:
     kept: ``{arm: {seed: run}}`` (:func:`kept_runs`).
     first, second: ``(reference, arm)`` pairs, e.g. (CE, OLS) from a random
       and from a pretrained start.
+    num_resamples: bootstrap resamples (0: no bootstrap column).
 
   Returns:
     A markdown table (empty when no seed has all four runs).
   """
   (a1, b1), (a2, b2) = first, second
-  seeds = sorted(set.intersection(*(set(kept.get(x, {})) for x in (a1, b1, a2, b2))))
+  arms = (a1, b1, a2, b2)
+  seeds = sorted(set.intersection(*(set(kept.get(x, {})) for x in arms)))
   if not seeds:
     return ""
   rows = ["| metric | " + " | ".join(f"seed {s}" for s in seeds)
-          + f" | mean over {len(seeds)} seed(s) [95% t-interval] | resolved |",
-          "|---|" + "---|" * len(seeds) + "---|---|"]
-  for split, key, label, scale in INTERACTION_METRICS:
+          + f" | mean over {len(seeds)} seed(s) [95% t-interval] | "
+          "[95% two-level bootstrap] | resolved |",
+          "|---|" + "---|" * len(seeds) + "---|---|---|"]
+  for split, key, label, scale, name in INTERACTION_METRICS:
     def value(arm, seed):
       return float(kept[arm][seed].get(split, {}).get(key, float("nan")))
     d = [scale * ((value(b2, s) - value(a2, s)) - (value(b1, s) - value(a1, s))) for s in seeds]
     over = stats.t_interval(d)
+    groups = [[kept[x][s].get("records") for x in arms] for s in seeds]
+    boot = "n/a"
+    if num_resamples and len(seeds) >= 2 and all(
+        stats.available(r, name) for g in groups for r in g):
+      iv, _ = meta.contrast_bootstrap(groups, (name,) * 4, (1.0, -1.0, -1.0, 1.0),
+                                      num_resamples=num_resamples)
+      boot = f"[{scale * iv.low:+.3f}, {scale * iv.high:+.3f}]"
     resolved = ("n/a" if np.isnan(over.estimate) else
                 "no (interval includes 0)" if over.low <= 0.0 <= over.high else "yes")
     rows.append(f"| {label} | " + " | ".join(f"{x:+.3f}" for x in d)
-                + f" | {over.estimate:+.3f} [{over.low:+.3f}, {over.high:+.3f}] | {resolved} |")
+                + f" | {over.estimate:+.3f} [{over.low:+.3f}, {over.high:+.3f}] | {boot} | "
+                f"{resolved} |")
+  return "\n".join(rows)
+
+
+def convergence_table(kept: dict[str, dict[int, dict]], reference: str,
+                      seeds: Sequence[int]) -> str:
+  """How fast and whether each arm trains, against the reference arm.
+
+  Per arm and seed: the first epoch whose validation top-1 error is at or below
+  the reference arm's *final* validation error of the same seed ("never" if no
+  epoch is); the final validation and training errors; the runs missing from
+  the collection (a run that diverges writes no results) and those that end
+  above 90% training error.
+
+  Args:
+    kept: ``{arm: {seed: run}}`` (:func:`kept_runs`).
+    reference: the arm whose final validation error is the bar.
+    seeds: the seeds the sweep plans.
+
+  Returns:
+    A markdown table (empty when the reference has no collected run).
+  """
+  ref_runs = kept.get(reference, {})
+  if not ref_runs:
+    return ""
+  bar = {s: float(_epoch_records(r)[-1]["eval/top1_error"])
+         for s, r in ref_runs.items() if _epoch_records(r)}
+  rows = [f"| arm | runs | epochs to reach {reference}'s final val error, per seed | "
+          "final val error (%) | final train error (%) | ending above 90% train error |",
+          "|---|---|---|---|---|---|"]
+  for arm, runs in kept.items():
+    reach, val_err, train_err, stuck = [], [], [], 0
+    for seed in sorted(runs):
+      recs = _epoch_records(runs[seed])
+      if not recs:
+        continue
+      hit = [int(r["epoch"]) for r in recs if seed in bar and
+             float(r["eval/top1_error"]) <= bar[seed] + 1e-12]
+      reach.append(f"{seed}: {hit[0] if hit else 'never'}")
+      val_err.append(float(recs[-1]["eval/top1_error"]))
+      train_err.append(1.0 - float(recs[-1]["train/accuracy"]))
+      stuck += int(train_err[-1] > 0.9)
+    missing = [s for s in seeds if s not in runs]
+    count = f"{len(runs)} of {len(seeds)}" + (f" (missing seed {', '.join(map(str, missing))})"
+                                              if missing else "")
+    rows.append(f"| {arm} | {count} | {', '.join(reach) or 'n/a'} | "
+                f"{_pm(val_err, 100.0) if val_err else 'n/a'} | "
+                f"{_pm(train_err, 100.0) if train_err else 'n/a'} | {stuck} |")
+  return "\n".join(rows)
+
+
+EPOCH_CURVE_METRICS = (("eval/nll", "val NLL", 1.0), ("eval/ece", "val ECE (%)", 100.0),
+                       ("eval/top1_error", "val top-1 error (%)", 100.0),
+                       ("train/loss", "train loss", 1.0))
+
+
+def epoch_curve_table(kept: dict[str, dict[int, dict]], max_columns: int = 7) -> str:
+  """The per-epoch curves as numbers: mean [min, max] over seeds at a few epochs.
+
+  The epochs shown are the first, the last and evenly spaced ones between
+  (``max_columns`` in all); ``curves.png`` has every epoch.
+
+  Args:
+    kept: ``{arm: {seed: run}}`` (:func:`kept_runs`).
+    max_columns: how many epochs to show.
+
+  Returns:
+    A markdown table (empty when no run has epoch records).
+  """
+  per_arm = {arm: {s: {int(r["epoch"]): r for r in _epoch_records(run)}
+                   for s, run in runs.items()} for arm, runs in kept.items()}
+  epochs = sorted({e for seeds in per_arm.values() for recs in seeds.values() for e in recs})
+  if not epochs:
+    return ""
+  if len(epochs) > max_columns:
+    idx = np.unique(np.round(np.linspace(0, len(epochs) - 1, max_columns)).astype(int))
+    epochs = [epochs[i] for i in idx]
+  rows = ["| arm | metric | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
+          "|---|---|" + "---|" * len(epochs)]
+  for arm, seeds in per_arm.items():
+    for key, label, scale in EPOCH_CURVE_METRICS:
+      cells = []
+      for e in epochs:
+        v = scale * np.asarray([float(recs[e][key]) for recs in seeds.values()
+                                if e in recs and key in recs[e]], np.float64)
+        cells.append("n/a" if v.size == 0 else
+                     f"{v.mean():.3f} [{v.min():.3f}, {v.max():.3f}]" if scale == 1.0 else
+                     f"{v.mean():.1f} [{v.min():.1f}, {v.max():.1f}]")
+      rows.append(f"| {arm} | {label} | " + " | ".join(cells) + " |")
   return "\n".join(rows)
 
 
@@ -810,12 +913,20 @@ def write_summary(sweep: sweep_lib.Sweep, folder: pathlib.Path,
   if shift_curves:
     parts += ["Error and ECE against severity, each arm's kept setting (mean over the 8 "
               "corruptions and the collected seeds): `shift.png`.", ""]
+  if sweep.interactions:  # a comparison of starts: how each arm trains, not only where it ends
+    parts += [f"## Convergence against {ref}", "",
+              "Validation = the calibration half. A diverged run writes no results and "
+              "shows as missing.", "", convergence_table(kept, ref, sweep.seeds), "",
+              "## Per-epoch curves, mean [min, max] over seeds", "",
+              epoch_curve_table(kept), ""]
   for first, second in sweep.interactions:
-    table = interaction_table(kept, first, second)
+    table = interaction_table(kept, first, second, num_resamples=num_resamples)
     if table:
       parts += [f"## Interaction: ({second[1]} - {second[0]}) minus ({first[1]} - {first[0]})",
                 "", "Per seed, on the reported half; negative = the second difference is "
-                "lower. Every interval is shown; none is multiplicity-corrected.", "", table, ""]
+                "lower. Every interval is shown; none is multiplicity-corrected; "
+                "\"resolved\" reads the t-interval (the bootstrap, which resamples "
+                "only the few seeds there are, is the check).", "", table, ""]
   parts += sections
   path = folder / "summary.md"
   fileio.atomic_write_text(path, "\n".join(parts))

@@ -84,12 +84,18 @@ def test_intra_inter_ratio_known_value():
   assert np.isnan(embeddings.intra_inter_ratio(emb, np.zeros(4, int)))
 
 
-def test_tsne_2d_shapes():
+@pytest.mark.slow  # sklearn's t-SNE import and fit: ~10 s
+def test_tsne_2d_keeps_separated_clusters_apart():
   emb, labels = _clusters(20, 3, 6, spread=0.5, seed=5)
   coords, idx = embeddings.tsne_2d(emb, seed=0, max_samples=40)
   assert coords.shape == (40, 2) and idx.shape == (40,)
   assert np.all(np.isfinite(coords))
   assert np.all(np.diff(idx) > 0) and idx.max() < 60
+  # Every embedded point's nearest 2-D neighbour comes from its own cluster.
+  d = np.linalg.norm(coords[:, None] - coords[None], axis=-1)
+  np.fill_diagonal(d, np.inf)
+  sub = labels[idx]
+  assert np.all(sub[np.argmin(d, axis=1)] == sub)
 
 
 # ---------------------------------------------------------------------------

@@ -231,7 +231,8 @@ def test_dropout_only_in_train_mode(name):
                                 evaluate(variables, x))
 
 
-@pytest.mark.parametrize('name', models.MODEL_NAMES)
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n in ('resnet50', 'vgg19', 'vgg19_bn')
+                                  else n for n in models.MODEL_NAMES])
 def test_dropout_needs_rng_only_in_train_mode(name):
   model = models.create(name, 4, dropout_rate=0.3, **SMALL)
   variables = _abstract_init(model, (1, 28, 28, 1))

@@ -113,6 +113,7 @@ def test_wrong_architecture_names_the_tensor(tmp_path):
 
 
 @needs_tv
+@_SLOW  # two full-width ResNet-18 inits; the quick tier keeps the cheaper refusals
 def test_wrong_width_and_small_stem_are_refused(tmp_path):
   path = _save(_torch_model("resnet18"), tmp_path / "r18.safetensors")
   model = models.create("resnet18", 1000, width_multiplier=0.5)

@@ -35,6 +35,9 @@ def main(argv=None):
   p.add_argument("--runs", default="", help="default: runs/sweeps/<name>")
   p.add_argument("--dest", default="", help="default: docs/results/<name>")
   p.add_argument("--summarise_only", action="store_true")
+  p.add_argument("--partial", action="store_true",
+                 help="a cell still running: collect its finished runs only, no "
+                      "selection.json or summary (nothing a reader could take as the cell's result)")
   p.add_argument("--restore", action="store_true",
                  help="put the collected runs back as run folders, then stop")
   args = p.parse_args(argv)
@@ -53,9 +56,11 @@ def main(argv=None):
         n += collected.collect_run(c.workdir(src), dest / c.model / c.folder, c.seed)
       except collected.RecordMismatchError as e:
         raise SystemExit(f"error: {e}") from None
+    print(f"{sweep.name}: {n} finished runs collected -> {dest}")
+    if args.partial:
+      return
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src / "selection.json", dest / "selection.json")
-    print(f"{sweep.name}: {n} finished runs collected -> {dest}")
   path = sweep_report.write_summary(sweep, dest, sweep.summary_comparisons())
   print(f"summary: {path}")
 

@@ -209,16 +209,11 @@ def two_level_bootstrap(pairs: Sequence[tuple[Mapping[str, np.ndarray],
   with weights ``(-1, 1)``.
 
   Args:
-    pairs: per seed, the :func:`ols_jax.study.stats.example_records` of arms
-      ``a`` and ``b`` on that seed's reported examples.
-    name: a :data:`ols_jax.study.stats.METRICS` name for ``b``.
-    name_a: the metric of ``a`` when it differs (``'nll_ts'``: CE + TS).
-    num_resamples: bootstrap resamples.
-    level: interval coverage.
-    seed: resampling seed.
-
-  Returns:
-    ``(percentile interval around the observed mean, bootstrap standard error)``.
+    pairs: per seed, the records of arms ``a`` and ``b`` on that seed's
+      reported examples.
+    name: the metric of ``b``; ``name_a`` that of ``a`` when it differs
+      (``'nll_ts'``: CE + TS). The other arguments are
+      :func:`contrast_bootstrap`'s, and so is the return value.
   """
   if not pairs:
     raise ValueError("two_level_bootstrap: no seeds")

@@ -215,11 +215,5 @@ def two_level_bootstrap(pairs: Sequence[tuple[Mapping[str, np.ndarray],
       (``'nll_ts'``: CE + TS). The other arguments are
       :func:`contrast_bootstrap`'s, and so is the return value.
   """
-  if not pairs:
-    raise ValueError("two_level_bootstrap: no seeds")
-  for a, b in pairs:
-    if len(a["correct"]) != len(b["correct"]):
-      raise ValueError(f"two_level_bootstrap: {len(a['correct'])} vs "
-                       f"{len(b['correct'])} examples in one seed")
   return contrast_bootstrap(pairs, (name_a or name, name), (-1.0, 1.0),
                             num_resamples=num_resamples, level=level, seed=seed)

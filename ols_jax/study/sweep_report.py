@@ -694,11 +694,10 @@ def reliability_sums(kept: dict[str, dict[int, dict]], reference: str = "ce"
   return out
 
 
-INTERACTION_METRICS = (("test", "top1_error", "top-1 error (points)", 100.0, "top1_error"),
-                       ("test", "nll", "NLL", 1.0, "nll"),
-                       ("test", "ece", "ECE (points)", 100.0, "ece"),
-                       ("test_ts", "nll", "NLL after TS", 1.0, "nll_ts"),
-                       ("test_ts", "ece", "ECE after TS (points)", 100.0, "ece_ts"))
+# (records metric, label, scale); "<m>_ts" is results.json's test_ts[<m>], else test[<m>].
+INTERACTION_METRICS = (("top1_error", "top-1 error (points)", 100.0), ("nll", "NLL", 1.0),
+                       ("ece", "ECE (points)", 100.0), ("nll_ts", "NLL after TS", 1.0),
+                       ("ece_ts", "ECE after TS (points)", 100.0))
 
 
 def interaction_table(kept: dict[str, dict[int, dict]], first: tuple[str, str],
@@ -726,8 +725,10 @@ def interaction_table(kept: dict[str, dict[int, dict]], first: tuple[str, str],
           + f" | mean over {len(seeds)} seed(s) [95% t-interval] | "
           "[95% two-level bootstrap] | resolved |",
           "|---|" + "---|" * len(seeds) + "---|---|---|"]
-  for split, key, label, scale, name in INTERACTION_METRICS:
-    def value(arm, seed):
+  for name, label, scale in INTERACTION_METRICS:
+    split, key = ("test_ts", name[:-3]) if name.endswith("_ts") else ("test", name)
+
+    def value(arm, seed, split=split, key=key):
       return float(kept[arm][seed].get(split, {}).get(key, float("nan")))
     d = [scale * ((value(b2, s) - value(a2, s)) - (value(b1, s) - value(a1, s))) for s in seeds]
     over = stats.t_interval(d)
@@ -782,7 +783,7 @@ def convergence_table(kept: dict[str, dict[int, dict]], reference: str,
              float(r["eval/top1_error"]) <= bar[seed] + 1e-12]
       reach.append(f"{seed}: {hit[0] if hit else 'never'}")
       val_err.append(float(recs[-1]["eval/top1_error"]))
-      train_err.append(1.0 - float(recs[-1]["train/accuracy"]))
+      train_err.append(1.0 - _final_train_accuracy(runs[seed]))
       stuck += int(train_err[-1] > 0.9)
     missing = [s for s in seeds if s not in runs]
     count = f"{len(runs)} of {len(seeds)}" + (f" (missing seed {', '.join(map(str, missing))})"

@@ -258,8 +258,10 @@ def regime_table(cells: Sequence[pooled.Cell], expected_runs: dict[str, int],
   for c in cells:
     g = cell_regime(c, reference)
     mean = f"{c.wall_time_s / c.runs / 60:.1f}" if c.runs else "n/a"
-    verdict = ("n/a (no CE seed 0)" if np.isnan(g.gap)
-               else ("**yes**" if g.over_confident else "no"))
+    if not np.isnan(g.gap):
+      verdict = "**yes**" if g.over_confident else "no"
+    else:
+      verdict = "n/a (no kept CE seed 0)" if c.kept else "n/a (not tuned yet)"
     lines.append(f"| {c.name} | {g.train_size or 'n/a'} | {c.runs} of "
                  f"{expected_runs.get(c.name, '?')} | {_fmt(g.gap, 100, 2)} | "
                  f"{'n/a' if np.isnan(g.temperature) else f'{g.temperature:.2f}'} | {verdict} | "

@@ -115,6 +115,35 @@ def test_selection_uses_validation_and_breaks_ties_on_error(tmp_path):
   assert doc["rule"].startswith("lowest validation nll on seed 0")
 
 
+def test_grid_edges_name_the_end_a_kept_setting_takes():
+  arm = sweep_lib.Arm("ols_momentum", "ols", grid=(("ols_momentum", (0.5, 0.9)),
+                                                   ("alpha", (0.3, 0.5, 0.7)),
+                                                   ("tag", ("a", "b"))))
+  assert sweep_lib.grid_edges(arm, (("ols_momentum", 0.9), ("alpha", 0.5), ("tag", "a"))) == [
+      ("ols_momentum", 0.9, "highest")]
+  # Lists from selection.json work as well; a non-numeric axis is never an edge.
+  assert sweep_lib.grid_edges(arm, [["ols_momentum", 0.5], ["alpha", 0.3], ["tag", "b"]]) == [
+      ("ols_momentum", 0.5, "lowest"), ("alpha", 0.3, "lowest")]
+  assert sweep_lib.grid_edges(sweep_lib.Arm("ce", "ce"), ()) == []
+  one = sweep_lib.Arm("ls", "ls", grid=(("ls_eps", (0.1,)),))
+  assert sweep_lib.grid_edges(one, (("ls_eps", 0.1),)) == []
+
+
+def test_selection_table_flags_a_kept_setting_at_a_grid_edge(tmp_path):
+  rng = np.random.default_rng(0)
+  scores = {"ce": (1.0, 0.3), "ls_eps0.05": (0.9, 0.31), "ls_eps0.1": (0.8, 0.35),
+            "ols_zeros_alpha0.3": (0.7, 0.30), "ols_zeros_alpha0.7": (0.6, 0.29)}
+  for c in SWEEP.tuning_cells():
+    _fake_run(c.workdir(tmp_path), *scores[c.folder], 0, rng)
+  sweep_lib.write_selection(SWEEP, tmp_path)
+  text = sweep_report.selection_table(SWEEP, tmp_path)
+  assert text.splitlines()[-1] == (
+      "Kept settings at a grid edge (the plan flags them: a better setting may lie beyond "
+      "the grid): ls eps = 0.1, the highest of 0.05, 0.1 (every point of a two-value grid "
+      "is an end); ols_zeros alpha = 0.7, the highest of 0.3, 0.7 (every point of a "
+      "two-value grid is an end).")
+
+
 @pytest.mark.slow
 def test_report_from_collected_files(tmp_path):
   rng = np.random.default_rng(1)

@@ -121,6 +121,33 @@ class Sweep:
     return {a.name: () for a in self.arms if not a.grid}
 
 
+def grid_edges(arm: Arm, candidate) -> list[tuple[str, Any, str]]:
+  """The fields at which a candidate sits on an end of the arm's grid.
+
+  Args:
+    arm: the arm whose ``grid`` the candidate is from.
+    candidate: ``(field, value)`` pairs (a list of pairs from selection.json too).
+
+  Returns:
+    ``(field, value, 'lowest' | 'highest')`` for each numeric grid field with at
+    least two values whose end the candidate takes; empty when it is inside
+    the grid on every field (or the arm has no grid).
+  """
+  values = dict((f, v) for f, v in candidate)
+  out = []
+  for field, axis in arm.grid:
+    if field not in values or len(axis) < 2:
+      continue
+    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in axis):
+      continue
+    v = values[field]
+    if v == min(axis):
+      out.append((field, v, "lowest"))
+    elif v == max(axis):
+      out.append((field, v, "highest"))
+  return out
+
+
 def _val_score(workdir: pathlib.Path, metric: str) -> Optional[tuple[float, float]]:
   path = workdir / run_files.RESULTS
   if not path.exists():

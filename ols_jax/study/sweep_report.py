@@ -87,6 +87,17 @@ def selection_table(sweep: sweep_lib.Sweep, folder: pathlib.Path) -> str:
       mark = "**yes**" if cell.folder == kept else ("" if kept else "(tuning not finished)")
       lines.append(f"| {arm.name} | {cell.folder} | {val[metric]:.4f} | "
                    f"{100 * val['top1_error']:.2f} | {mark} |")
+  edges = []
+  for arm in sweep.arms:
+    chosen = sel["arms"].get(arm.name)
+    for field, value, end in sweep_lib.grid_edges(arm, chosen["candidate"]) if chosen else []:
+      axis = dict(arm.grid)[field]
+      whole = (" (every point of a two-value grid is an end)" if len(axis) == 2 else "")
+      edges.append(f"{arm.name} {field} = {value:g}, the {end} of "
+                   f"{', '.join(f'{a:g}' for a in axis)}{whole}")
+  if edges:
+    lines += ["", "Kept settings at a grid edge (the plan flags them: a better setting may lie "
+              "beyond the grid): " + "; ".join(edges) + "."]
   return "\n".join(lines)
 
 

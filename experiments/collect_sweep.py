@@ -41,7 +41,10 @@ def main(argv=None):
   p.add_argument("--restore", action="store_true",
                  help="put the collected runs back as run folders, then stop")
   args = p.parse_args(argv)
-  sweep = sweep_lib.find(sweeps.SWEEPS, args.name)
+  try:
+    sweep = sweeps.find(args.name)
+  except (KeyError, FileNotFoundError) as e:
+    raise SystemExit(f"error: {e.args[0] if isinstance(e, KeyError) else e}") from None
   src = pathlib.Path(args.runs or REPO / "runs" / "sweeps" / sweep.name)
   dest = pathlib.Path(args.dest or REPO / "docs" / "results" / sweep.name)
   if args.restore:
@@ -61,6 +64,9 @@ def main(argv=None):
       return
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src / "selection.json", dest / "selection.json")
+  if not sweep.summary:
+    print(f"{sweep.name}: no summary (its report is part of the study's)")
+    return
   path = sweep_report.write_summary(sweep, dest, sweep.summary_comparisons())
   print(f"summary: {path}")
 

@@ -9,6 +9,7 @@ Cells not collected yet are listed as missing. See :mod:`ols_jax.study.regime`.
 """
 
 import argparse
+import json
 import pathlib
 import shlex
 import sys
@@ -46,8 +47,14 @@ def main(argv=None):
   expected = {s.name: len(s.tuning_cells()) + len(s.arms) * (len(s.seeds) - 1) for s in chosen}
   command = "python experiments/regime_meta.py " + " ".join(shlex.quote(a) for a in argv)
   figure = out.with_name(out.stem.replace("_meta", "") + "_map.png")
+  edges = []
+  for s in chosen:
+    if (results / s.name / "selection.json").exists():
+      check = sweeps.find(sweeps.EDGE_PREFIX + s.name, results)
+      selection = json.loads((results / s.name / "selection.json").read_text())
+      edges.append((s.name, regime.edge_rows(selection, check, results / check.name)))
   text = regime.report(cells, expected, command.strip(), figure=figure.name,
-                       num_resamples=args.num_resamples)
+                       num_resamples=args.num_resamples, edges=edges)
   out.parent.mkdir(parents=True, exist_ok=True)
   regime.regime_map_figure(regime.regime_map_rows(cells), figure)
   fileio.atomic_write_text(out, text)

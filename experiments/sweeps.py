@@ -5,9 +5,11 @@
 runs (or resumes) one sweep: every candidate on the tuning seed, the selection
 by validation NLL (written to <out>/selection.json), then the kept candidate of
 every arm on the other seeds. ``--list`` prints the cells without running them.
+``edge_<regime cell>`` (e.g. ``edge_reg_breast``) runs that cell's grid-edge check.
 """
 
 import argparse
+import json
 import pathlib
 import sys
 
@@ -189,6 +191,38 @@ SWEEPS = (
 ) + REGIME_CELLS + COLD_START_CELLS
 
 
+# The grid-edge check of the regime cells (regime_plan.md, dated note of
+# 2026-12-07): where the kept setting of a primary-family arm sits on an end of
+# its grid, seed 0 runs the settings one step past that end. MbLS's margins
+# halve / double (2.5, 40); LS's eps goes to 0.2 and 0.3 above and 0.001 below;
+# OLS's alpha to 0.1 and 0.2 below (alpha = 0 drops the hard-label term) and
+# 0.99 above.
+EDGE_BEYOND = {
+    "ls": {"eps": {"lowest": (0.001,), "highest": (0.2, 0.3)}},
+    "mbls": {"mbls_margin": {"lowest": (2.5,), "highest": (40.0,)}},
+    "ols_uniform": {"alpha": {"lowest": (0.1, 0.2), "highest": (0.99,)}},
+}
+EDGE_PREFIX = "edge_"
+
+
+def find(name: str, results=REPO / "docs" / "results") -> sweep_lib.Sweep:
+  """The sweep called ``name``; ``edge_<cell>`` is the grid-edge check of a
+  regime cell, built from the cell's collected ``selection.json``.
+
+  Raises:
+    KeyError: no such sweep.
+    FileNotFoundError: an edge check of a cell whose selection is not collected.
+  """
+  if not name.startswith(EDGE_PREFIX):
+    return sweep_lib.find(SWEEPS, name)
+  cell = sweep_lib.find(REGIME_CELLS, name[len(EDGE_PREFIX):])
+  path = pathlib.Path(results) / cell.name / "selection.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: no selection.json of {cell.name} (collect the cell "
+                            "first); its edge check needs the kept settings")
+  return sweep_lib.edge_check(cell, json.loads(path.read_text()), EDGE_BEYOND)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("name", help=", ".join(s.name for s in SWEEPS))
@@ -200,9 +234,11 @@ def main(argv=None):
   p.add_argument("--list", action="store_true", help="print the cells, run nothing")
   args = p.parse_args(argv)
   try:
-    sweep = sweep_lib.find(SWEEPS, args.name)
+    sweep = find(args.name)
   except KeyError as e:
     p.error(str(e.args[0]))
+  except FileNotFoundError as e:
+    p.error(str(e))
   out = pathlib.Path(args.out or REPO / "runs" / "sweeps" / sweep.name)
   if args.list:
     for c in sweep.tuning_cells():

@@ -126,3 +126,82 @@ def test_summary_verdict_gate_uses_the_plan_rule_with_halves():
   c.kept["ce"][0]["temperature"] = 1.04
   assert not sweep_report.calibration_verdict_allowed(c.kept)
   assert "**not over-confident**" in sweep_report.plan_regime_line(c.kept)
+
+
+def _edge_sweep():
+  from ols_jax.study import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
+  arms = (sweep_lib.Arm("ce", "ce"),
+          sweep_lib.Arm("ls", "ls", grid=(("eps", (0.01, 0.05, 0.1)),)),
+          sweep_lib.Arm("ols_uniform", "ols", fixed=(("ols_init", "uniform"),),
+                        grid=(("alpha", (0.3, 0.5, 0.7)),)),
+          sweep_lib.Arm("ols_momentum", "ols", grid=(("ols_momentum", (0.5, 0.9)),
+                                                     ("alpha", (0.5, 0.9)))))
+  cell = sweep_lib.Sweep("reg_toy", "Toy", "experiments/configs/smoke.py", "tiny_cnn", arms,
+                         seeds=(0, 1, 2), split_per_seed=True, extra=("--cpu_devices=1",))
+  selection = {"arms": {
+      "ce": {"candidate": [], "folder": "ce", "scores": {"ce": {"val_nll": 1.0,
+                                                               "val_top1_error": 0.3}}},
+      "ls": {"candidate": [["eps", 0.05]], "folder": "ls_eps0.05",
+             "scores": {"ls_eps0.05": {"val_nll": 0.9, "val_top1_error": 0.3}}},
+      "ols_uniform": {"candidate": [["alpha", 0.3]], "folder": "ols_uniform_alpha0.3",
+                      "scores": {"ols_uniform_alpha0.3": {"val_nll": 0.8,
+                                                          "val_top1_error": 0.3}}},
+      "ols_momentum": {"candidate": [["ols_momentum", 0.9], ["alpha", 0.9]],
+                       "folder": "ols_momentum_ols_momentum0.9_alpha0.9", "scores": {}}}}
+  beyond = {"ls": {"eps": {"lowest": (0.001,), "highest": (0.2,)}},
+            "ols_uniform": {"alpha": {"lowest": (0.1, 0.2), "highest": (0.9,)}}}
+  return cell, selection, sweep_lib.edge_check(cell, selection, beyond)
+
+
+def test_edge_check_runs_past_the_ends_the_kept_settings_take():
+  cell, _, edge = _edge_sweep()
+  # ls kept inside its grid, ols_momentum not named: only OLS's low end is checked.
+  assert edge.name == "edge_reg_toy" and [a.name for a in edge.arms] == ["ols_uniform"]
+  assert edge.seeds == (0,) and not edge.summary and edge.extra == cell.extra
+  cells = edge.tuning_cells()
+  assert [c.folder for c in cells] == ["ols_uniform_alpha0.1", "ols_uniform_alpha0.2"]
+  # The same run the cell would have made: its fixed flags and seed 0's halves.
+  assert dict(cells[0].overrides) == {"ols_init": "uniform", "alpha": "0.1",
+                                      "calibration_split_seed": "0"}
+  assert edge.final_cells({"ols_uniform": cells[0]}) == []
+  from ols_jax.study import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="ols_momentum.*one-field grid"):
+    sweep_lib.edge_check(cell, {"arms": {"ols_momentum": {"candidate": [["ols_momentum", 0.9],
+                                                                        ["alpha", 0.9]]}}},
+                         {"ols_momentum": {}})
+
+
+def test_edge_rows_say_whether_the_selection_would_move(tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  _, selection, edge = _edge_sweep()
+
+  def put(folder, nll, err):
+    d = tmp_path / "tiny_cnn" / folder
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "seed0.json").write_text(json.dumps({"val": {"nll": nll, "top1_error": err}}))
+
+  (row,) = regime.edge_rows(selection, edge, tmp_path)
+  assert row["status"] == "not run yet" and row["kept"] == 0.3
+  assert row["kept_score"] == (0.8, 0.3)
+  put("ols_uniform_alpha0.1", 0.85, 0.2)
+  assert regime.edge_rows(selection, edge, tmp_path)[0]["status"] == "not run yet"
+  put("ols_uniform_alpha0.2", 0.8, 0.3)  # a tie on NLL and error does not move it
+  (row,) = regime.edge_rows(selection, edge, tmp_path)
+  assert row["status"] == "not binding"
+  assert row["beyond"] == [(0.1, (0.85, 0.2)), (0.2, (0.8, 0.3))]
+  put("ols_uniform_alpha0.2", 0.8, 0.29)  # equal NLL, lower error: the rule moves
+  assert regime.edge_rows(selection, edge, tmp_path)[0]["status"] == "binding"
+  text = regime.edge_table([("reg_toy", regime.edge_rows(selection, edge, tmp_path))])
+  assert ("| reg_toy | ols_uniform | alpha = 0.3: 0.8000 (30.00) | alpha = 0.1: 0.8500 (20.00); "
+          "alpha = 0.2: 0.8000 (29.00) | **yes** (the edge binds) |") in text
+
+
+def test_edge_sweep_of_a_cell_without_selection_is_a_clear_error(tmp_path):
+  import sys  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "experiments"))
+  import sweeps  # pylint: disable=import-outside-toplevel
+  with pytest.raises(FileNotFoundError, match="no selection.json of reg_breast"):
+    sweeps.find("edge_reg_breast", tmp_path)
+  with pytest.raises(KeyError):
+    sweeps.find("edge_reg_nowhere", tmp_path)
+  assert sweeps.find("reg_breast").name == "reg_breast"

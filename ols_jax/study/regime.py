@@ -14,7 +14,9 @@ Implements the analysis plan of ``docs/results/regime_plan.md``:
 * the **primary family** (:func:`primary_family`): OLS uniform against CE,
   CE + TS, LS, FLSD-53 and MbLS on NLL and ECE over the over-confident cells,
   Holm-adjusted together;
-* the **regime map** (:func:`regime_map_rows`, :func:`report`).
+* the **regime map** (:func:`regime_map_rows`, :func:`report`);
+* the **grid-edge check** (:func:`edge_rows`): seed-0 runs past a grid end
+  where a kept setting sits, and whether one of them would have been kept.
 
 Signed figures are always *OLS arm minus the other*: negative NLL / ECE /
 error favours OLS.
@@ -27,9 +29,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+import pathlib
+
+from ols_jax.study import collected
 from ols_jax.study import meta
 from ols_jax.study import pooled
 from ols_jax.study import stats
+from ols_jax.study import sweep as sweep_lib
 from ols_jax.study import sweep_report
 
 GAP_THRESHOLD = sweep_report.PLAN_GAP                  # CE conf - acc above 1 point
@@ -396,8 +402,65 @@ def secondary_rows(cells: Sequence[pooled.Cell], reference: str = "ce"
   return out
 
 
+def edge_rows(selection: dict, edge: sweep_lib.Sweep, edge_folder) -> list[dict]:
+  """Each checked grid edge of one cell: the kept setting against those past it.
+
+  Args:
+    selection: the cell's ``selection.json`` (kept candidate and seed-0 scores).
+    edge: the cell's edge check (:func:`ols_jax.study.sweep.edge_check`).
+    edge_folder: where the check's runs are collected (may not exist yet).
+
+  Returns:
+    One dict per arm of ``edge``: ``arm``, ``field``, ``kept`` (value),
+    ``kept_score`` ``(val metric, val top-1 error)``, ``beyond`` (list of
+    ``(value, score or None)``), and ``status``: ``'binding'`` when a setting
+    past the edge has a lower (metric, error) than the kept one (the cell's
+    selection rule would have moved), ``'not binding'`` when every one has
+    run and none does, ``'not run yet'`` otherwise.
+  """
+  metric = edge.select_metric
+  rows = []
+  for arm in edge.arms:
+    (field, _), = arm.grid
+    chosen = selection["arms"][arm.name]
+    got = chosen["scores"][chosen["folder"]]
+    kept = (got[f"val_{metric}"], got["val_top1_error"])
+    beyond = []
+    for cand in arm.candidates():
+      cell = arm.cell(edge.model, edge.tuning_seed, cand)
+      run = collected.load_run(pathlib.Path(edge_folder), edge.model, cell.folder,
+                               edge.tuning_seed, details=False)
+      score = None if run is None else (run["val"][metric], run["val"]["top1_error"])
+      beyond.append((dict(cand)[field], score))
+    if any(b is not None and b < kept for _, b in beyond):
+      status = "binding"
+    else:
+      status = "not binding" if all(b is not None for _, b in beyond) else "not run yet"
+    rows.append({"arm": arm.name, "field": field, "kept": dict(chosen["candidate"])[field],
+                 "kept_score": kept, "beyond": beyond, "status": status})
+  return rows
+
+
+def edge_table(cells: Sequence[tuple[str, list[dict]]], metric: str = "nll") -> str:
+  """Markdown of :func:`edge_rows` for every cell (``(cell name, rows)``)."""
+  lines = [f"| cell | arm | kept setting: calibration-half {metric.upper()} (top-1 err %) | "
+           "past the grid's end | would the kept setting move? |", "|---|---|---|---|---|"]
+  for name, rows in cells:
+    for r in rows:
+      past = "; ".join(f"{r['field']} = {v:g}: " + ("not run yet" if b is None else
+                                                     f"{b[0]:.4f} ({100 * b[1]:.2f})")
+                       for v, b in r["beyond"])
+      k = r["kept_score"]
+      words = {"binding": "**yes** (the edge binds)", "not binding": "no",
+               "not run yet": "not known yet"}[r["status"]]
+      lines.append(f"| {name} | {r['arm']} | {r['field']} = {r['kept']:g}: {k[0]:.4f} "
+                   f"({100 * k[1]:.2f}) | {past} | {words} |")
+  return "\n".join(lines)
+
+
 def report(cells: Sequence[pooled.Cell], expected_runs: dict[str, int], command: str,
-           figure: str = "regime_map.png", num_resamples: int = 1000) -> str:
+           figure: str = "regime_map.png", num_resamples: int = 1000,
+           edges: Sequence[tuple[str, list[dict]]] = ()) -> str:
   """The regime study's across-cells report as markdown.
 
   Args:
@@ -406,6 +469,8 @@ def report(cells: Sequence[pooled.Cell], expected_runs: dict[str, int], command:
     command: the exact command that made the file.
     figure: the regime-map figure's file name (beside the report).
     num_resamples: two-level bootstrap resamples of the map table (0: none).
+    edges: ``(cell, edge_rows(...))`` of the cells whose kept settings are known;
+      a "Grid-edge check" section when any has a checked edge.
   """
   hot = over_confident(cells)
   family = primary_family(cells)
@@ -447,4 +512,13 @@ def report(cells: Sequence[pooled.Cell], expected_runs: dict[str, int], command:
             f"interval] and, as a check, a two-level bootstrap interval ({num_resamples} "
             f"resamples of seeds, then of reported examples within each seed). Figure: "
             f"`{figure}`.", "", map_table(rows, cells, num_resamples=num_resamples), ""]
+  if any(r for _, r in edges):
+    parts += ["## Grid-edge check (plan note of 2026-12-07)", "",
+              "Where the kept setting of LS, MbLS or OLS uniform sits on an end of its grid, "
+              "seed 0 runs the settings one step past that end (`python experiments/sweeps.py "
+              "edge_<cell>`, collected in `docs/results/edge_<cell>/`). \"Yes\" means the "
+              "cell's selection rule (lowest calibration-half NLL, ties: lower error) would "
+              "have kept a setting outside the plan's grid: that arm's figures are of a "
+              "setting the grid cut short. The kept settings are not changed.", "",
+              edge_table(edges), ""]
   return "\n".join(parts)

@@ -87,6 +87,9 @@ class Sweep:
   # Differences of paired differences ``((ref_a, arm_a), (ref_b, arm_b))``:
   # (arm_b - ref_b) - (arm_a - ref_a) per seed (an interaction).
   interactions: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = ()
+  # False: a check with no reference arm (e.g. :func:`edge_check`); its
+  # collected folder gets no summary.md, its report lives with the study's.
+  summary: bool = True
 
   def summary_comparisons(self) -> list[tuple[str, str]]:
     """The summary's paired comparisons: :attr:`comparisons`, else the
@@ -146,6 +149,44 @@ def grid_edges(arm: Arm, candidate) -> list[tuple[str, Any, str]]:
     elif v == max(axis):
       out.append((field, v, "highest"))
   return out
+
+
+def edge_check(sweep: Sweep, selection: dict, beyond: dict) -> Sweep:
+  """Seed-0 runs one step beyond each grid end at which an arm's kept setting sits.
+
+  The runs are those the sweep itself would have made had its grid reached
+  further (same config, flags, halves and folder names), so a binding edge
+  shows as a beyond-the-grid candidate with a lower selection metric.
+
+  Args:
+    sweep: the finished sweep.
+    selection: its ``selection.json`` (``{'arms': {arm: {'candidate': ...}}}``).
+    beyond: ``{arm: {field: {'lowest' | 'highest': values}}}``, the settings
+      past each end; arms or ends not named are not checked.
+
+  Returns:
+    A sweep named ``edge_<sweep.name>`` with one arm per checked edge (its
+    ``grid`` the values beyond), the tuning seed only, and no summary.
+
+  Raises:
+    ValueError: an arm named in ``beyond`` has a grid over more than one field.
+  """
+  arms = []
+  for arm in sweep.arms:
+    chosen = selection.get("arms", {}).get(arm.name)
+    if arm.name not in beyond or not chosen:
+      continue
+    if len(arm.grid) != 1:
+      raise ValueError(f"edge_check: arm {arm.name!r} must have a one-field grid, "
+                       f"got fields {[f for f, _ in arm.grid]}")
+    for field, _, end in grid_edges(arm, chosen["candidate"]):
+      values = tuple(beyond[arm.name].get(field, {}).get(end, ()))
+      if values:
+        arms.append(dataclasses.replace(arm, grid=((field, values),)))
+  return dataclasses.replace(
+      sweep, name=f"edge_{sweep.name}", title=f"{sweep.title}: grid-edge check (seed "
+      f"{sweep.tuning_seed})", arms=tuple(arms), seeds=(sweep.tuning_seed,), comparisons=(),
+      interactions=(), summary=False)
 
 
 def _val_score(workdir: pathlib.Path, metric: str) -> Optional[tuple[float, float]]:

@@ -47,14 +47,28 @@ def main(argv=None):
   expected = {s.name: len(s.tuning_cells()) + len(s.arms) * (len(s.seeds) - 1) for s in chosen}
   command = "python experiments/regime_meta.py " + " ".join(shlex.quote(a) for a in argv)
   figure = out.with_name(out.stem.replace("_meta", "") + "_map.png")
-  edges = []
-  for s in chosen:
-    if (results / s.name / "selection.json").exists():
-      check = sweeps.find(sweeps.EDGE_PREFIX + s.name, results)
-      selection = json.loads((results / s.name / "selection.json").read_text())
-      edges.append((s.name, regime.edge_rows(selection, check, results / check.name)))
+  edges, sensitivity, extended = [], [], []
+  for s, cell in zip(chosen, cells):
+    if not (results / s.name / "selection.json").exists():
+      sensitivity.append(cell)
+      continue
+    check = sweeps.find(sweeps.EDGE_PREFIX + s.name, results)
+    selection = json.loads((results / s.name / "selection.json").read_text())
+    edges.append((s.name, regime.edge_rows(selection, check, results / check.name)))
+    settings = sweeps.extended_settings(s, results)
+    arms = {a.name: a for a in s.arms}
+    ext = regime.extended_cell(
+        cell, settings, results / check.name, results / (sweeps.EXT_PREFIX + s.name), s.model,
+        lambda a, f, v: arms[a].cell(s.model, 0, ((f, v),)).folder)
+    sensitivity.append(ext)
+    for arm, (field, value) in settings.items():
+      used = ext.kept.get(arm) is not cell.kept.get(arm)
+      extended.append(f"{s.name}: {arm} {field} = {value:g} (plan grid kept "
+                      f"{dict(selection['arms'][arm]['candidate'])[field]:g})"
+                      + ("" if used else ": seeds 1-4 not collected yet, plan-grid runs used"))
   text = regime.report(cells, expected, command.strip(), figure=figure.name,
-                       num_resamples=args.num_resamples, edges=edges)
+                       num_resamples=args.num_resamples, edges=edges,
+                       sensitivity=sensitivity, extended=extended)
   out.parent.mkdir(parents=True, exist_ok=True)
   regime.regime_map_figure(regime.regime_map_rows(cells), figure)
   fileio.atomic_write_text(out, text)

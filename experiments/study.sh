@@ -36,7 +36,8 @@ calibration() {
 # The regime study (docs/results/regime_plan.md): nine cells, cheapest first,
 # five seeds each, every seed with its own calibration / reported halves; after
 # each cell its grid-edge check (seed 0 past the grid ends its kept settings
-# take; the plan's note of 2026-12-07), then the across-cells report.
+# take) and seeds 1-4 of what a binding edge would keep (the plan's notes of
+# 2026-12-07), then the across-cells report.
 regime() {
   for cell in reg_breast reg_chestct reg_retina reg_kidney reg_chestct64 reg_pneumonia \
               reg_alzheimer reg_brain4 reg_radmix; do
@@ -44,6 +45,8 @@ regime() {
     python experiments/collect_sweep.py "$cell"
     python experiments/sweeps.py "edge_$cell" --jobs=2 --threads_per_job=1
     python experiments/collect_sweep.py "edge_$cell"
+    python experiments/sweeps.py "ext_$cell" --jobs=2 --threads_per_job=1
+    python experiments/collect_sweep.py "ext_$cell"
   done
   python experiments/regime_meta.py
 }

@@ -5,7 +5,8 @@
 runs (or resumes) one sweep: every candidate on the tuning seed, the selection
 by validation NLL (written to <out>/selection.json), then the kept candidate of
 every arm on the other seeds. ``--list`` prints the cells without running them.
-``edge_<regime cell>`` (e.g. ``edge_reg_breast``) runs that cell's grid-edge check.
+``edge_<regime cell>`` (e.g. ``edge_reg_breast``) runs that cell's grid-edge check,
+``ext_<regime cell>`` seeds 1-4 of the settings its binding edges would keep.
 """
 
 import argparse
@@ -203,16 +204,37 @@ EDGE_BEYOND = {
     "ols_uniform": {"alpha": {"lowest": (0.1, 0.2), "highest": (0.99,)}},
 }
 EDGE_PREFIX = "edge_"
+EXT_PREFIX = "ext_"
+
+
+def extended_settings(cell: sweep_lib.Sweep, results=REPO / "docs" / "results"
+                      ) -> dict[str, tuple]:
+  """``{arm: (field, value)}`` of the cell's binding grid edges, read from its
+  collected selection and edge check (empty while the check has not run)."""
+  from ols_jax.study import regime  # pylint: disable=import-outside-toplevel
+  results = pathlib.Path(results)
+  edge = find(EDGE_PREFIX + cell.name, results)
+  selection = json.loads((results / cell.name / "selection.json").read_text())
+  out = {}
+  for row in regime.edge_rows(selection, edge, results / edge.name):
+    setting = regime.extended_setting(row)
+    if setting is not None:
+      out[row["arm"]] = setting
+  return out
 
 
 def find(name: str, results=REPO / "docs" / "results") -> sweep_lib.Sweep:
   """The sweep called ``name``; ``edge_<cell>`` is the grid-edge check of a
-  regime cell, built from the cell's collected ``selection.json``.
+  regime cell, built from the cell's collected ``selection.json``, and
+  ``ext_<cell>`` the other seeds of the settings its binding edges would keep.
 
   Raises:
     KeyError: no such sweep.
     FileNotFoundError: an edge check of a cell whose selection is not collected.
   """
+  if name.startswith(EXT_PREFIX):
+    cell = sweep_lib.find(REGIME_CELLS, name[len(EXT_PREFIX):])
+    return sweep_lib.extension(cell, extended_settings(cell, results))
   if not name.startswith(EDGE_PREFIX):
     return sweep_lib.find(SWEEPS, name)
   cell = sweep_lib.find(REGIME_CELLS, name[len(EDGE_PREFIX):])

@@ -205,3 +205,52 @@ def test_edge_sweep_of_a_cell_without_selection_is_a_clear_error(tmp_path):
   with pytest.raises(KeyError):
     sweeps.find("edge_reg_nowhere", tmp_path)
   assert sweeps.find("reg_breast").name == "reg_breast"
+
+
+def test_extension_runs_the_other_seeds_of_the_setting_an_edge_would_keep():
+  from ols_jax.study import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
+  cell, _, _ = _edge_sweep()
+  ext = sweep_lib.extension(cell, {"ols_uniform": ("alpha", 0.2)})
+  assert ext.name == "ext_reg_toy" and ext.seeds == (1, 2) and not ext.summary
+  runs = ext.every_cell({"ols_uniform": (("alpha", 0.2),)})
+  # Seeds 1 and 2 only (seed 0 is the edge check's), the cell's folder names,
+  # flags and per-seed halves; nothing is chosen on seed 1 (one candidate).
+  assert [(c.folder, c.seed) for c in runs] == [("ols_uniform_alpha0.2", 1),
+                                                ("ols_uniform_alpha0.2", 2)]
+  assert dict(runs[1].overrides) == {"ols_init": "uniform", "alpha": "0.2",
+                                     "calibration_split_seed": "2"}
+  assert regime.extended_setting({"status": "binding", "field": "alpha", "beyond": [
+      (0.1, (0.7, 0.2)), (0.2, (0.6, 0.3)), (0.05, None)]}) == ("alpha", 0.2)
+  assert regime.extended_setting({"status": "not binding", "field": "alpha",
+                                  "beyond": [(0.1, (0.9, 0.2))]}) is None
+
+
+def test_extended_cell_swaps_in_complete_extensions_only(tmp_path):
+  import json  # pylint: disable=import-outside-toplevel
+  cell = _cell("reg_toy", [1.0, 1.2, 1.1], [0.9, 1.0, 1.0], gap=0.05, temperature=2.0)
+
+  def put(base, seed, nll):
+    d = tmp_path / base / "m" / "ols_uniform_alpha0.2"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"seed{seed}.json").write_text(json.dumps(_run(nll, nll / 10)))
+
+  name_of = lambda a, f, v: f"{a}_{f}{v:g}"
+  put("edge", 0, 0.5)
+  put("ext", 1, 0.6)
+  args = (cell, {"ols_uniform": ("alpha", 0.2)}, tmp_path / "edge", tmp_path / "ext", "m",
+          name_of)
+  partial = regime.extended_cell(*args)
+  assert partial.kept["ols_uniform"] is cell.kept["ols_uniform"]  # seed 2 missing: unchanged
+  assert partial.missing == ["ols_uniform (extended grid, alpha = 0.2): seed 2 not "
+                             "collected; plan-grid runs used"]
+  put("ext", 2, 0.7)
+  full = regime.extended_cell(*args)
+  assert full.missing == [] and full.kept["ce"] is cell.kept["ce"]
+  assert regime.per_seed_diffs(full, "ols_uniform", "ce", "nll") == pytest.approx(
+      {0: -0.5, 1: -0.6, 2: -0.4})
+  text = regime.report([cell], {"reg_toy": 6}, "cmd", num_resamples=0,
+                       edges=[("reg_toy", [])], sensitivity=[full],
+                       extended=["reg_toy: ols_uniform alpha = 0.2 (plan grid kept 0.3)"])
+  tail = text.split("## Sensitivity")[1]
+  assert "- reg_toy: ols_uniform alpha = 0.2 (plan grid kept 0.3)" in tail
+  assert "| 1 | ols_uniform - ce | NLL |" in tail and "-0.500" in tail

@@ -25,7 +25,7 @@ error favours OLS.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -441,6 +441,51 @@ def edge_rows(selection: dict, edge: sweep_lib.Sweep, edge_folder) -> list[dict]
   return rows
 
 
+def extended_setting(row: dict) -> Optional[tuple[str, Any]]:
+  """``(field, value)`` the selection rule keeps over a binding edge's extended
+  grid (the kept setting and those past it), else None."""
+  if row["status"] != "binding":
+    return None
+  scored = [(b, v) for v, b in row["beyond"] if b is not None]
+  return row["field"], min(scored)[1]
+
+
+def extended_cell(cell: pooled.Cell, settings: dict[str, tuple[str, Any]],
+                  edge_folder, ext_folder, model: str, name_of) -> pooled.Cell:
+  """``cell`` with each arm in ``settings`` on its extended-grid setting.
+
+  Args:
+    cell: the loaded cell (plan grids).
+    settings: ``{arm: (field, value)}`` (:func:`extended_setting`).
+    edge_folder: the collected edge check (seed 0 of each setting).
+    ext_folder: the collected extension (the other seeds).
+    model: the model folder.
+    name_of: ``(arm, field, value) -> run folder name``.
+
+  Returns:
+    A copy of ``cell`` whose ``kept`` runs of those arms are seed 0 from the
+    edge check and the other seeds from the extension; an arm whose seeds are
+    not all collected keeps its plan-grid runs and is listed in ``missing``.
+  """
+  kept = dict(cell.kept)
+  missing = list(cell.missing)
+  for arm, (field, value) in settings.items():
+    folder = name_of(arm, field, value)
+    runs = {}
+    for seed in sorted(cell.kept.get(arm, {})):
+      base = edge_folder if seed == RULE_SEED else ext_folder
+      run = collected.load_run(pathlib.Path(base), model, folder, seed)
+      if run is not None:
+        runs[seed] = run
+    lost = sorted(set(cell.kept.get(arm, {})) - set(runs))
+    if lost:  # a partial extension is not used: the arm stays on the plan's grid
+      missing.append(f"{arm} (extended grid, {field} = {value:g}): seed "
+                     f"{', '.join(map(str, lost))} not collected; plan-grid runs used")
+      continue
+    kept[arm] = runs
+  return dataclasses.replace(cell, kept=kept, missing=missing)
+
+
 def edge_table(cells: Sequence[tuple[str, list[dict]]], metric: str = "nll") -> str:
   """Markdown of :func:`edge_rows` for every cell (``(cell name, rows)``)."""
   lines = [f"| cell | arm | kept setting: calibration-half {metric.upper()} (top-1 err %) | "
@@ -460,7 +505,9 @@ def edge_table(cells: Sequence[tuple[str, list[dict]]], metric: str = "nll") -> 
 
 def report(cells: Sequence[pooled.Cell], expected_runs: dict[str, int], command: str,
            figure: str = "regime_map.png", num_resamples: int = 1000,
-           edges: Sequence[tuple[str, list[dict]]] = ()) -> str:
+           edges: Sequence[tuple[str, list[dict]]] = (),
+           sensitivity: Sequence[pooled.Cell] = (),
+           extended: Sequence[str] = ()) -> str:
   """The regime study's across-cells report as markdown.
 
   Args:
@@ -471,6 +518,9 @@ def report(cells: Sequence[pooled.Cell], expected_runs: dict[str, int], command:
     num_resamples: two-level bootstrap resamples of the map table (0: none).
     edges: ``(cell, edge_rows(...))`` of the cells whose kept settings are known;
       a "Grid-edge check" section when any has a checked edge.
+    sensitivity: the cells with binding edges on their extended-grid settings
+      (:func:`extended_cell`; the others as they are), for a sensitivity family.
+    extended: one line per (cell, arm) on an extended-grid setting in it.
   """
   hot = over_confident(cells)
   family = primary_family(cells)
@@ -521,4 +571,21 @@ def report(cells: Sequence[pooled.Cell], expected_runs: dict[str, int], command:
               "have kept a setting outside the plan's grid: that arm's figures are of a "
               "setting the grid cut short. The kept settings are not changed.", "",
               edge_table(edges), ""]
+  if sensitivity and extended:
+    parts += ["## Sensitivity: the primary family with extended grids (plan note of "
+              "2026-12-07)", "",
+              "The primary family recomputed with each binding arm on the setting its cell's "
+              "rule keeps over the extended grid (seed 0 from the edge check, seeds 1-4 from "
+              "`docs/results/ext_<cell>/`); beside the primary family, never instead of it. "
+              "Arms on extended settings:", "", "\n".join(f"- {e}" for e in extended), ""]
+    changed = any(c.kept.get(a) is not p.kept.get(a) for c, p in zip(sensitivity, cells)
+                  for a in c.kept)
+    parts += ([meta_table(primary_family(sensitivity), numbered=True), ""] if changed else
+              ["No extended setting has all its seeds collected yet: no family to recompute.",
+               ""])
+    moved = [c for c, p in zip(sensitivity, cells) if c.kept.get(PRIMARY_ARM) is not
+             p.kept.get(PRIMARY_ARM)]
+    if moved:
+      parts += ["Per cell, OLS uniform on its extended-grid setting (t intervals; no bootstrap "
+                "column):", "", map_table(regime_map_rows(moved), moved, num_resamples=0), ""]
   return "\n".join(parts)

@@ -189,6 +189,29 @@ def edge_check(sweep: Sweep, selection: dict, beyond: dict) -> Sweep:
       interactions=(), summary=False)
 
 
+def extension(sweep: Sweep, settings: dict[str, tuple[str, Any]]) -> Sweep:
+  """The other seeds of the settings a binding grid edge would have kept.
+
+  Args:
+    sweep: the finished sweep.
+    settings: ``{arm: (field, value)}``, each arm's setting over its extended
+      grid (its seed-0 run is the edge check's).
+
+  Returns:
+    A sweep named ``ext_<sweep.name>`` whose arms each hold one setting, on the
+    sweep's seeds other than its tuning seed (the first of them stands in as
+    the "tuning" seed of a one-candidate grid: nothing is chosen on it), with
+    the sweep's config, flags, per-seed halves and folder names; no summary.
+  """
+  arms = tuple(dataclasses.replace(a, grid=((settings[a.name][0], (settings[a.name][1],)),))
+               for a in sweep.arms if a.name in settings)
+  seeds = tuple(s for s in sweep.seeds if s != sweep.tuning_seed)
+  return dataclasses.replace(
+      sweep, name=f"ext_{sweep.name}", title=f"{sweep.title}: extended-grid settings",
+      arms=arms, seeds=seeds, tuning_seed=seeds[0], comparisons=(), interactions=(),
+      summary=False)
+
+
 def _val_score(workdir: pathlib.Path, metric: str) -> Optional[tuple[float, float]]:
   path = workdir / run_files.RESULTS
   if not path.exists():

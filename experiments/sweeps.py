@@ -254,9 +254,12 @@ def main(argv=None):
                  help="1 = one XLA thread and one BLAS/OpenMP "
                       "thread per run; 0 = leave threads alone")
   p.add_argument("--list", action="store_true", help="print the cells, run nothing")
+  p.add_argument("--results", default="",
+                 help="collected cells an edge_ / ext_ check reads; default: docs/results")
   args = p.parse_args(argv)
   try:
-    sweep = find(args.name)
+    sweep = find(args.name, pathlib.Path(args.results) if args.results
+                 else REPO / "docs" / "results")
   except KeyError as e:
     p.error(str(e.args[0]))
   except FileNotFoundError as e:

@@ -219,6 +219,9 @@ def test_extension_runs_the_other_seeds_of_the_setting_an_edge_would_keep():
                                                 ("ols_uniform_alpha0.2", 2)]
   assert dict(runs[1].overrides) == {"ols_init": "uniform", "alpha": "0.2",
                                      "calibration_split_seed": "2"}
+  # A one-point grid has nothing to tune: every seed runs in phase 1 at once.
+  assert ext.untuned() == {"ols_uniform": (("alpha", 0.2),)}
+  assert len(ext.tuning_cells() + ext.final_cells(ext.untuned())) == 2
   assert regime.extended_setting({"status": "binding", "field": "alpha", "beyond": [
       (0.1, (0.7, 0.2)), (0.2, (0.6, 0.3)), (0.05, None)]}) == ("alpha", 0.2)
   assert regime.extended_setting({"status": "not binding", "field": "alpha",

@@ -120,8 +120,9 @@ class Sweep:
     return self.tuning_cells() + self.final_cells({**self.untuned(), **chosen})
 
   def untuned(self) -> dict[str, tuple]:
-    """The arms without a grid, each with its only (empty) candidate."""
-    return {a.name: () for a in self.arms if not a.grid}
+    """The arms with nothing to tune (no grid, or a one-point grid), each with
+    its only candidate."""
+    return {a.name: a.candidates()[0] for a in self.arms if len(a.candidates()) == 1}
 
 
 def grid_edges(arm: Arm, candidate) -> list[tuple[str, Any, str]]:
@@ -265,8 +266,8 @@ def run(sweep: Sweep, out: pathlib.Path, repo: pathlib.Path, *, jobs: int = 1,
         threads_per_job: int = 0, log=print) -> list[grid_runner.Cell]:
   """Phase 1 (tuning seed, every candidate), selection, phase 2 (other seeds).
 
-  Arms without a grid have nothing to tune: their other seeds run in phase 1
-  already, so the cores stay busy. Returns the failed cells.
+  Arms with nothing to tune (no grid or a one-point grid) run their other
+  seeds in phase 1 already, so the cores stay busy. Returns the failed cells.
   """
   config = str(repo / sweep.config)
   phase1 = sweep.tuning_cells() + sweep.final_cells(sweep.untuned())

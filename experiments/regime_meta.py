@@ -9,7 +9,6 @@ Cells not collected yet are listed as missing. See :mod:`ols_jax.study.regime`.
 """
 
 import argparse
-import json
 import pathlib
 import shlex
 import sys
@@ -49,17 +48,17 @@ def main(argv=None):
   figure = out.with_name(out.stem.replace("_meta", "") + "_map.png")
   edges, sensitivity, extended = [], [], []
   for s, cell in zip(chosen, cells):
-    if not (results / s.name / "selection.json").exists():
+    try:
+      selection = sweeps.selection_of(s, results)
+    except FileNotFoundError:  # not tuned yet: no edges to check
       sensitivity.append(cell)
       continue
-    check = sweeps.find(sweeps.EDGE_PREFIX + s.name, results)
-    selection = json.loads((results / s.name / "selection.json").read_text())
-    edges.append((s.name, regime.edge_rows(selection, check, results / check.name)))
-    settings = sweeps.extended_settings(s, results)
-    arms = {a.name: a for a in s.arms}
-    ext = regime.extended_cell(
-        cell, settings, results / check.name, results / (sweeps.EXT_PREFIX + s.name), s.model,
-        lambda a, f, v: arms[a].cell(s.model, 0, ((f, v),)).folder)
+    check = sweeps.edge_of(s, selection)
+    rows = regime.edge_rows(selection, check, results / check.name)
+    edges.append((s.name, rows))
+    settings = regime.extended_settings(rows)
+    ext = regime.extended_cell(cell, s, settings, results / check.name,
+                               results / (sweeps.EXT_PREFIX + s.name))
     sensitivity.append(ext)
     for arm, (field, value) in settings.items():
       used = ext.kept.get(arm) is not cell.kept.get(arm)

@@ -207,20 +207,22 @@ EDGE_PREFIX = "edge_"
 EXT_PREFIX = "ext_"
 
 
-def extended_settings(cell: sweep_lib.Sweep, results=REPO / "docs" / "results"
-                      ) -> dict[str, tuple]:
-  """``{arm: (field, value)}`` of the cell's binding grid edges, read from its
-  collected selection and edge check (empty while the check has not run)."""
-  from ols_jax.study import regime  # pylint: disable=import-outside-toplevel
-  results = pathlib.Path(results)
-  edge = find(EDGE_PREFIX + cell.name, results)
-  selection = json.loads((results / cell.name / "selection.json").read_text())
-  out = {}
-  for row in regime.edge_rows(selection, edge, results / edge.name):
-    setting = regime.extended_setting(row)
-    if setting is not None:
-      out[row["arm"]] = setting
-  return out
+def selection_of(cell: sweep_lib.Sweep, results=REPO / "docs" / "results") -> dict:
+  """The cell's collected ``selection.json``.
+
+  Raises:
+    FileNotFoundError: the cell's selection is not collected yet.
+  """
+  path = pathlib.Path(results) / cell.name / "selection.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: no selection.json of {cell.name} (collect the cell "
+                            "first); its edge check needs the kept settings")
+  return json.loads(path.read_text())
+
+
+def edge_of(cell: sweep_lib.Sweep, selection: dict) -> sweep_lib.Sweep:
+  """The cell's grid-edge check, from its selection."""
+  return sweep_lib.edge_check(cell, selection, EDGE_BEYOND)
 
 
 def find(name: str, results=REPO / "docs" / "results") -> sweep_lib.Sweep:
@@ -233,16 +235,16 @@ def find(name: str, results=REPO / "docs" / "results") -> sweep_lib.Sweep:
     FileNotFoundError: an edge check of a cell whose selection is not collected.
   """
   if name.startswith(EXT_PREFIX):
+    from ols_jax.study import regime  # pylint: disable=import-outside-toplevel
     cell = sweep_lib.find(REGIME_CELLS, name[len(EXT_PREFIX):])
-    return sweep_lib.extension(cell, extended_settings(cell, results))
+    selection = selection_of(cell, results)
+    edge = edge_of(cell, selection)
+    rows = regime.edge_rows(selection, edge, pathlib.Path(results) / edge.name)
+    return sweep_lib.extension(cell, regime.extended_settings(rows))
   if not name.startswith(EDGE_PREFIX):
     return sweep_lib.find(SWEEPS, name)
   cell = sweep_lib.find(REGIME_CELLS, name[len(EDGE_PREFIX):])
-  path = pathlib.Path(results) / cell.name / "selection.json"
-  if not path.exists():
-    raise FileNotFoundError(f"{path}: no selection.json of {cell.name} (collect the cell "
-                            "first); its edge check needs the kept settings")
-  return sweep_lib.edge_check(cell, json.loads(path.read_text()), EDGE_BEYOND)
+  return edge_of(cell, selection_of(cell, results))
 
 
 def main(argv=None):

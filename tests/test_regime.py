@@ -232,16 +232,16 @@ def test_extended_cell_swaps_in_complete_extensions_only(tmp_path):
   import json  # pylint: disable=import-outside-toplevel
   cell = _cell("reg_toy", [1.0, 1.2, 1.1], [0.9, 1.0, 1.0], gap=0.05, temperature=2.0)
 
+  sweep, _, _ = _edge_sweep()
+
   def put(base, seed, nll):
-    d = tmp_path / base / "m" / "ols_uniform_alpha0.2"
+    d = tmp_path / base / "tiny_cnn" / "ols_uniform_alpha0.2"
     d.mkdir(parents=True, exist_ok=True)
     (d / f"seed{seed}.json").write_text(json.dumps(_run(nll, nll / 10)))
 
-  name_of = lambda a, f, v: f"{a}_{f}{v:g}"
   put("edge", 0, 0.5)
   put("ext", 1, 0.6)
-  args = (cell, {"ols_uniform": ("alpha", 0.2)}, tmp_path / "edge", tmp_path / "ext", "m",
-          name_of)
+  args = (cell, sweep, {"ols_uniform": ("alpha", 0.2)}, tmp_path / "edge", tmp_path / "ext")
   partial = regime.extended_cell(*args)
   assert partial.kept["ols_uniform"] is cell.kept["ols_uniform"]  # seed 2 missing: unchanged
   assert partial.missing == ["ols_uniform (extended grid, alpha = 0.2): seed 2 not "

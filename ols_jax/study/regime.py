@@ -25,11 +25,10 @@ error favours OLS.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from typing import Any, Optional, Sequence
 
 import numpy as np
-
-import pathlib
 
 from ols_jax.study import collected
 from ols_jax.study import meta
@@ -450,17 +449,21 @@ def extended_setting(row: dict) -> Optional[tuple[str, Any]]:
   return row["field"], min(scored)[1]
 
 
-def extended_cell(cell: pooled.Cell, settings: dict[str, tuple[str, Any]],
-                  edge_folder, ext_folder, model: str, name_of) -> pooled.Cell:
+def extended_settings(rows: Sequence[dict]) -> dict[str, tuple[str, Any]]:
+  """``{arm: (field, value)}`` of the binding edges among :func:`edge_rows`."""
+  return {r["arm"]: extended_setting(r) for r in rows if extended_setting(r) is not None}
+
+
+def extended_cell(cell: pooled.Cell, sweep: sweep_lib.Sweep,
+                  settings: dict[str, tuple[str, Any]], edge_folder, ext_folder) -> pooled.Cell:
   """``cell`` with each arm in ``settings`` on its extended-grid setting.
 
   Args:
     cell: the loaded cell (plan grids).
-    settings: ``{arm: (field, value)}`` (:func:`extended_setting`).
+    sweep: the cell's sweep (its arms name the run folders).
+    settings: ``{arm: (field, value)}`` (:func:`extended_settings`).
     edge_folder: the collected edge check (seed 0 of each setting).
     ext_folder: the collected extension (the other seeds).
-    model: the model folder.
-    name_of: ``(arm, field, value) -> run folder name``.
 
   Returns:
     A copy of ``cell`` whose ``kept`` runs of those arms are seed 0 from the
@@ -469,12 +472,13 @@ def extended_cell(cell: pooled.Cell, settings: dict[str, tuple[str, Any]],
   """
   kept = dict(cell.kept)
   missing = list(cell.missing)
+  arms = {a.name: a for a in sweep.arms}
   for arm, (field, value) in settings.items():
-    folder = name_of(arm, field, value)
+    folder = arms[arm].cell(sweep.model, sweep.tuning_seed, ((field, value),)).folder
     runs = {}
     for seed in sorted(cell.kept.get(arm, {})):
-      base = edge_folder if seed == RULE_SEED else ext_folder
-      run = collected.load_run(pathlib.Path(base), model, folder, seed)
+      base = edge_folder if seed == sweep.tuning_seed else ext_folder
+      run = collected.load_run(pathlib.Path(base), sweep.model, folder, seed)
       if run is not None:
         runs[seed] = run
     lost = sorted(set(cell.kept.get(arm, {})) - set(runs))

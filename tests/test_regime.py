@@ -75,6 +75,15 @@ def test_meta_row_is_random_effects_of_cell_means_and_variances():
   assert (row.result.low, row.result.high) == pytest.approx((ref.low, ref.high))
   one = regime.meta_row(cells[:1], "ols_uniform", "ce", "nll")
   assert one.result is None and "1 cell" in one.why
+  # Identical runs (zero spread) and single seeds are left out by name, not silently.
+  same = _cell("same", [1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+  lone = _cell("lone", [1.0], [0.5])
+  row = regime.meta_row(cells + [same, lone], "ols_uniform", "ce", "nll")
+  assert row.cells == ("c0", "c1", "c2", "c3")
+  assert [c for c, _ in row.left_out] == ["same", "lone"]
+  assert "zero spread" in row.left_out[0][1] and "one paired seed" in row.left_out[1][1]
+  assert row.result.estimate == pytest.approx(ref.estimate)
+  assert "left out: same (zero spread" in regime.meta_table([(row, float("nan"))])
 
 
 def test_primary_family_uses_over_confident_cells_and_holm():

@@ -157,6 +157,9 @@ class MetaRow:
     cells: the cells that entered (at least two seeds each).
     result: the random-effects result, or None with fewer than two cells.
     why: why there is no result (empty when there is one).
+    left_out: ``(cell, reason)`` of the cells with paired seeds that did not
+      enter (one seed only, or zero spread over seeds: identical differences,
+      whose inverse-variance weight is infinite).
   """
   arm: str
   against: str
@@ -164,23 +167,33 @@ class MetaRow:
   cells: tuple
   result: Optional[meta.MetaResult]
   why: str = ""
+  left_out: tuple = ()
 
 
 def meta_row(cells: Sequence[pooled.Cell], arm: str, against: str, metric: str,
              reference: str = "ce") -> MetaRow:
   """Random-effects meta-analysis of ``arm - against`` on ``metric`` over ``cells``.
 
-  A cell enters with at least two paired seeds (its within-cell variance is
-  estimated from them).
+  A cell enters with at least two paired seeds whose differences are not all
+  equal (its within-cell variance is estimated from them); the others are
+  named in ``left_out``.
   """
-  eff = [e for e in cell_effects(cells, arm, against, metric, reference)
-         if len(e.diffs) >= 2 and e.var > 0]
-  names = tuple(e.cell for e in eff)
+  eff, left_out = [], []
+  for e in cell_effects(cells, arm, against, metric, reference):
+    if len(e.diffs) < 2:
+      left_out.append((e.cell, "one paired seed"))
+    elif not e.var > 0:
+      left_out.append((e.cell, f"zero spread: difference {e.mean:+.4g} on all "
+                               f"{len(e.diffs)} seeds"))
+    else:
+      eff.append(e)
+  names, left_out = tuple(e.cell for e in eff), tuple(left_out)
   if len(eff) < 2:
     return MetaRow(arm, against, metric, names, None,
-                   f"{len(eff)} cell{'s' if len(eff) != 1 else ''} with two paired seeds")
+                   f"{len(eff)} cell{'s' if len(eff) != 1 else ''} with two paired "
+                   "seeds; at least 2 needed", left_out)
   res = meta.random_effects([e.mean for e in eff], [e.var for e in eff])
-  return MetaRow(arm, against, metric, names, res)
+  return MetaRow(arm, against, metric, names, res, left_out=left_out)
 
 
 def over_confident(cells: Sequence[pooled.Cell], reference: str = "ce") -> list[pooled.Cell]:
@@ -234,8 +247,10 @@ def meta_table(rows: Sequence[tuple[MetaRow, float]], numbered: bool = False) ->
     s, dg = SCALES[r.metric], _digits(r.metric)
     lead = f"| {i} | " if numbered else "| "
     name = f"{r.arm} - {r.against}"
+    out = "".join(f"; left out: {c} ({why})" for c, why in r.left_out)
     if r.result is None:
-      lines.append(lead + f"{name} | {LABELS[r.metric]} | {len(r.cells)} | none ({r.why}) | "
+      lines.append(lead + f"{name} | {LABELS[r.metric]} | {len(r.cells)}{out} | "
+                   f"none ({r.why}) | "
                    + " | ".join(["n/a"] * (cols - 5)) + " | none |")
       continue
     m = r.result
@@ -247,7 +262,7 @@ def meta_table(rows: Sequence[tuple[MetaRow, float]], numbered: bool = False) ->
     else:
       verdict = _words(m.interval, r.arm, r.against)
     lines.append(
-        lead + f"{name} | {LABELS[r.metric]} | {m.k} ({', '.join(r.cells)}) | "
+        lead + f"{name} | {LABELS[r.metric]} | {m.k} ({', '.join(r.cells)}{out}) | "
         f"{m.interval.format(s, dg)} | {s * s * m.tau2:.4g} | {100 * m.i2:.0f}% | {pred} | "
         f"{m.fixed.format(s, dg)} | {m.p:.4f} | " + (f"{holm_p:.4f} | " if numbered else "")
         + f"{verdict} |")
